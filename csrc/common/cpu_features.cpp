@@ -1,0 +1,35 @@
+#include "cpu_features.h"
+
+#include <atomic>
+
+namespace fusedopt {
+
+CpuSimd best_cpu_simd() {
+#if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
+  static const CpuSimd best = [] {
+    __builtin_cpu_init();
+    const bool avx2 = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") &&
+                      __builtin_cpu_supports("f16c");
+    return avx2 ? CpuSimd::Avx2 : CpuSimd::Scalar;
+  }();
+  return best;
+#else
+  return CpuSimd::Scalar;
+#endif
+}
+
+static std::atomic<int> g_level{-1};
+
+CpuSimd cpu_simd() {
+  const int v = g_level.load(std::memory_order_relaxed);
+  return v < 0 ? best_cpu_simd() : static_cast<CpuSimd>(v);
+}
+
+void set_cpu_simd(CpuSimd level) {
+  if (static_cast<int>(level) > static_cast<int>(best_cpu_simd())) level = best_cpu_simd();
+  g_level.store(static_cast<int>(level), std::memory_order_relaxed);
+}
+
+const char* cpu_simd_name(CpuSimd level) { return level == CpuSimd::Avx2 ? "avx2" : "scalar"; }
+
+}  // namespace fusedopt

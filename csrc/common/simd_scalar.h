@@ -1,0 +1,24 @@
+#pragma once
+// Scalar lanes: the portable path, used where AVX2 is absent (or not x86-64). One
+// element per "register", with half types computed in float.
+#include <c10/util/BFloat16.h>
+#include <c10/util/Half.h>
+
+namespace fusedopt {
+namespace simd_scalar {
+
+template <class T>
+struct OpMath { using type = float; };
+template <>
+struct OpMath<double> { using type = double; };
+
+template <class T>
+struct Lanes {
+  using V = typename OpMath<T>::type;
+  static constexpr int N = 1;
+  static V load(const T* p) { return static_cast<V>(*p); }
+  static void store(T* p, V x) { *p = static_cast<T>(x); }
+};
+
+}  // namespace simd_scalar
+}  // namespace fusedopt

@@ -1,0 +1,12 @@
+// The optimizers' CPU kernels on the portable scalar path.
+#include <ATen/Parallel.h>
+#include <c10/util/BFloat16.h>
+#include <c10/util/Half.h>
+
+#include "../common/multi_tensor.h"
+#include "../common/simd_scalar.h"
+#define FO_CPU_NS scalar
+namespace fusedopt {
+namespace scalar { using simd_scalar::Lanes; }
+}  // namespace fusedopt
+#include "optim_cpu_kernels.h"

@@ -1,0 +1,8 @@
+"""Float64 reference implementations: the oracles of the test suite.
+
+Written from the textbook formulas with plain float64 tensor arithmetic. They never call
+fusedopt's kernels or torch.optim, so agreement with both is evidence, not an echo.
+"""
+from .optim import adam_step
+
+__all__ = ["adam_step"]
