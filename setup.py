@@ -97,8 +97,7 @@ def ext_modules():
             os.environ["TORCH_CUDA_ARCH_LIST"] = "8.0;9.0"
     from torch.utils.cpp_extension import CppExtension, CUDAExtension
 
-    sources = ["csrc/registration.cpp"]
-    sources += sorted(glob.glob("csrc/*/*.cpp"))
+    sources = sorted(glob.glob("csrc/*.cpp")) + sorted(glob.glob("csrc/*/*.cpp"))
     if with_cuda:
         sources += sorted(glob.glob("csrc/*/*.cu"))
 

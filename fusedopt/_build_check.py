@@ -50,3 +50,7 @@ def load_extension():
             f"(built from {info['source_hash'][:12]}, sources now {source_hash()[:12]}).\n{REBUILD}"
         )
     return _C
+
+
+if __name__ == "__main__":  # used by CMakeLists.txt
+    print(source_hash())

@@ -15,6 +15,8 @@ seen; change state in place, or call `opt.load_state_dict`.
 import torch
 from torch import Tensor
 
+from .. import _C
+
 
 def state_dtype(p: Tensor) -> torch.dtype:
     """fp16/bf16 params keep float32 optimizer state; other dtypes keep their own."""
@@ -41,6 +43,23 @@ def lr_tensor(lr) -> Tensor:
     return torch.tensor(lr, dtype=torch.float64)
 
 
+def op(name: str, plain: bool):
+    """The entry point for fusedopt op `name`: torch.ops.fusedopt.<name>, or for plain
+    tensors in eager mode the equivalent fast entry in fusedopt._C (same kernels,
+    called through the dispatcher without boxing; see csrc/python_module.cpp)."""
+    if (
+        plain
+        and not torch.compiler.is_compiling()
+        and not torch._C._is_torch_function_mode_enabled()
+        and torch._C._len_torch_dispatch_stack() == 0
+    ):
+        return getattr(_C, "fast_" + name)
+    return getattr(torch.ops.fusedopt, name)
+
+
+_PLAIN_TYPES = (Tensor, torch.nn.Parameter)
+
+
 def _kernel_view(t: Tensor) -> Tensor:
     # Complex tensors update as their real and imaginary parts, as in torch.optim.
     return torch.view_as_real(t) if t.is_complex() else t
@@ -56,6 +75,7 @@ class _Bucket:
         self.states = None       # one list per state buffer
         self.steps = []
         self.is_complex = False
+        self.plain = True  # only plain tensors/Parameters: the fast eager entry applies
 
 
 class _Plan:
@@ -72,7 +92,8 @@ class FusedOptimizerMixin:
 
     _state_keys(group) -> tuple of state names passed to the op, in order;
     _init_state(group, p, state) -> None: fills a new param's state like torch does;
-    _launch(group, params, grads, states, steps, grad_scale, found_inf) -> None.
+    _launch(group, plain, params, grads, states, steps, grad_scale, found_inf) -> None,
+    which calls op(name, plain)(...).
     """
 
     # GradScaler passes grad_scale/found_inf to step() instead of unscaling itself.
@@ -119,6 +140,7 @@ class FusedOptimizerMixin:
                 b.states = [[] for _ in keys]
                 b.is_complex = p.is_complex()
             b.params.append(p)
+            b.plain = b.plain and type(p) in _PLAIN_TYPES
             b.kernel_params.append(_kernel_view(p))
             for lst, k in zip(b.states, keys):
                 lst.append(_kernel_view(state[k]))
@@ -175,5 +197,6 @@ class FusedOptimizerMixin:
                     grads = [torch.view_as_real(g) if g.is_complex() else g for g in grads]
                 gs = grad_scale if grad_scale is None or grad_scale.device == b.device else grad_scale.to(b.device)
                 fi = found_inf if found_inf is None or found_inf.device == b.device else found_inf.to(b.device)
-                self._launch(group, params, grads, states, steps, gs, fi)
+                plain = b.plain and type(grads[0]) is Tensor
+                self._launch(group, plain, params, grads, states, steps, gs, fi)
         return loss

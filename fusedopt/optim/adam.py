@@ -1,7 +1,7 @@
 """Fused Adam and AdamW: torch.optim's constructors and state, one op per (device, dtype)."""
 import torch
 
-from ._base import FusedOptimizerMixin, as_float, lr_tensor, reject_differentiable, state_dtype
+from ._base import FusedOptimizerMixin, as_float, lr_tensor, op, reject_differentiable, state_dtype
 
 
 class _AdamImpl(FusedOptimizerMixin):
@@ -18,9 +18,9 @@ class _AdamImpl(FusedOptimizerMixin):
         if group["amsgrad"]:
             state["max_exp_avg_sq"] = zeros()
 
-    def _launch(self, group, params, grads, states, steps, grad_scale, found_inf):
+    def _launch(self, group, plain, params, grads, states, steps, grad_scale, found_inf):
         beta1, beta2 = group["betas"]
-        torch.ops.fusedopt.adam_(
+        op("adam_", plain)(
             params, grads, states[0], states[1], states[2] if group["amsgrad"] else [], steps,
             lr_tensor(group["lr"]), as_float(beta1), as_float(beta2), as_float(group["weight_decay"]),
             as_float(group["eps"]), group["amsgrad"], group["maximize"],
