@@ -41,23 +41,67 @@ std::vector<at::Tensor> unpack(py::handle list, const char* what) {
   return out;
 }
 
-void bump(const std::vector<at::Tensor>& ts) {
-  for (const auto& t : ts) torch::autograd::impl::bump_version(t);
+// Converts one Python argument to the IValue its schema slot expects. Covers the
+// argument kinds fusedopt's in-place ops use; anything else is a TypeError.
+c10::IValue to_ivalue(py::handle obj, const c10::Argument& arg) {
+  const c10::TypePtr& type = arg.type();
+  switch (type->kind()) {
+    case c10::TypeKind::ListType:
+      if (type->castRaw<c10::ListType>()->getElementType()->kind() == c10::TypeKind::TensorType)
+        return c10::IValue(c10::List<at::Tensor>(unpack(obj, arg.name().c_str())));
+      break;
+    case c10::TypeKind::TensorType:
+      if (THPVariable_Check(obj.ptr())) return c10::IValue(THPVariable_Unpack(obj.ptr()));
+      break;
+    case c10::TypeKind::OptionalType:
+      if (obj.is_none()) return c10::IValue();
+      if (THPVariable_Check(obj.ptr())) return c10::IValue(THPVariable_Unpack(obj.ptr()));
+      break;
+    case c10::TypeKind::FloatType:
+      return c10::IValue(obj.cast<double>());
+    case c10::TypeKind::IntType:
+      return c10::IValue(obj.cast<int64_t>());
+    case c10::TypeKind::BoolType:
+      return c10::IValue(obj.cast<bool>());
+    default:
+      break;
+  }
+  throw py::type_error("argument '" + arg.name() + "' must be " + type->str());
 }
 
-// Calls fusedopt::<name> through the dispatcher below autograd (the same CPU/CUDA
-// kernels as torch.ops.fusedopt.<name>), without holding the GIL.
-template <class Sig, class... Args>
-void call_op(const char* name, Args&&... args) {
-  static auto op = c10::Dispatcher::singleton().findSchemaOrThrow(name, "").typed<Sig>();
-  py::gil_scoped_release no_gil;
-  at::AutoDispatchBelowADInplaceOrView below_autograd;
-  op.call(std::forward<Args>(args)...);
+// fast_call("adam_", *args): runs fusedopt::adam_ with positional args, exactly as
+// torch.ops.fusedopt.adam_ would (same dispatcher entry, same kernels), then bumps the
+// version counters of the mutated lists.
+void fast_call(const std::string& name, const py::args& args) {
+  const auto op = c10::Dispatcher::singleton().findSchemaOrThrow(("fusedopt::" + name).c_str(), "");
+  const auto& schema = op.schema();
+  const auto& params = schema.arguments();
+  if (args.size() > params.size())
+    throw py::type_error(name + "() takes " + std::to_string(params.size()) + " arguments");
+  torch::jit::Stack stack;
+  stack.reserve(params.size());
+  for (size_t i = 0; i < params.size(); ++i) {
+    if (i < args.size()) {
+      stack.push_back(to_ivalue(args[i], params[i]));
+    } else if (params[i].default_value().has_value()) {
+      stack.push_back(*params[i].default_value());
+    } else {
+      throw py::type_error(name + "() missing argument '" + params[i].name() + "'");
+    }
+  }
+  std::vector<at::Tensor> mutated;
+  for (size_t i = 0; i < params.size(); ++i) {
+    const auto* alias = params[i].alias_info();
+    if (alias != nullptr && alias->isWrite() && stack[i].isTensorList())
+      for (const at::Tensor& t : stack[i].toTensorList()) mutated.push_back(t);
+  }
+  {
+    py::gil_scoped_release no_gil;
+    at::AutoDispatchBelowADInplaceOrView below_autograd;
+    op.callBoxed(&stack);
+  }
+  for (const auto& t : mutated) torch::autograd::impl::bump_version(t);
 }
-
-using AdamSig = void(at::TensorList, at::TensorList, at::TensorList, at::TensorList, at::TensorList, at::TensorList,
-                     const at::Tensor&, double, double, double, double, bool, bool, bool,
-                     const std::optional<at::Tensor>&, const std::optional<at::Tensor>&);
 
 }  // namespace
 
@@ -95,17 +139,6 @@ PYBIND11_MODULE(_C, m) {
       },
       "Selects the CPU kernel variant (clamped to what the CPU supports); returns the previous one. For tests.");
 
-  m.def("fast_adam_", [](py::list params, py::list grads, py::list exp_avgs, py::list exp_avg_sqs,
-                         py::list max_exp_avg_sqs, py::list state_steps, const at::Tensor& lr, double beta1,
-                         double beta2, double weight_decay, double eps, bool amsgrad, bool maximize,
-                         bool decoupled_weight_decay, const std::optional<at::Tensor>& grad_scale,
-                         const std::optional<at::Tensor>& found_inf) {
-    const auto p = unpack(params, "params"), g = unpack(grads, "grads"), m1 = unpack(exp_avgs, "exp_avgs"),
-               m2 = unpack(exp_avg_sqs, "exp_avg_sqs"), mx = unpack(max_exp_avg_sqs, "max_exp_avg_sqs"),
-               st = unpack(state_steps, "state_steps");
-    call_op<AdamSig>("fusedopt::adam_", p, g, m1, m2, mx, st, lr, beta1, beta2, weight_decay, eps, amsgrad, maximize,
-                     decoupled_weight_decay, grad_scale, found_inf);
-    for (const auto* list : {&p, &m1, &m2, &mx, &st}) bump(*list);
-    if (grad_scale.has_value()) bump(g);
-  });
+  m.def("fast_call", &fast_call,
+        "fast_call(name, *args): eager, unboxed-list entry to torch.ops.fusedopt.<name> for plain tensors.");
 }

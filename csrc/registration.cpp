@@ -19,6 +19,25 @@ TORCH_LIBRARY(fusedopt, m) {
       "Tensor(e!)[] max_exp_avg_sqs, Tensor(f!)[] state_steps, Tensor lr, float beta1, float beta2, "
       "float weight_decay, float eps, bool amsgrad, bool maximize, bool decoupled_weight_decay, "
       "Tensor? grad_scale=None, Tensor? found_inf=None) -> ()");
+  // SGD with momentum/dampening/Nesterov. momentum_buffers is empty when momentum == 0;
+  // is_first_step starts every buffer as the (decayed) grad, as torch does.
+  m.def(
+      "sgd_(Tensor(a!)[] params, Tensor(b!)[] grads, Tensor(c!)[] momentum_buffers, Tensor lr, float momentum, "
+      "float dampening, float weight_decay, bool nesterov, bool maximize, bool is_first_step, "
+      "Tensor? grad_scale=None, Tensor? found_inf=None) -> ()");
+  // RMSprop. momentum_buffers is empty when momentum == 0, grad_avgs unless centered.
+  m.def(
+      "rmsprop_(Tensor(a!)[] params, Tensor(b!)[] grads, Tensor(c!)[] square_avgs, Tensor(d!)[] momentum_buffers, "
+      "Tensor(e!)[] grad_avgs, Tensor(f!)[] state_steps, Tensor lr, float alpha, float eps, float weight_decay, "
+      "float momentum, bool centered, bool maximize, Tensor? grad_scale=None, Tensor? found_inf=None) -> ()");
+  m.def(
+      "adagrad_(Tensor(a!)[] params, Tensor(b!)[] grads, Tensor(c!)[] state_sums, Tensor(d!)[] state_steps, "
+      "Tensor lr, float lr_decay, float weight_decay, float eps, bool maximize, Tensor? grad_scale=None, "
+      "Tensor? found_inf=None) -> ()");
+  m.def(
+      "adadelta_(Tensor(a!)[] params, Tensor(b!)[] grads, Tensor(c!)[] square_avgs, Tensor(d!)[] acc_deltas, "
+      "Tensor(e!)[] state_steps, Tensor lr, float rho, float eps, float weight_decay, bool maximize, "
+      "Tensor? grad_scale=None, Tensor? found_inf=None) -> ()");
 }
 
 namespace {

@@ -1,7 +1,6 @@
 // CPU kernel bodies of the optimizers, compiled once per instruction set by
 // optim_cpu_avx2.cpp and optim_cpu_scalar.cpp (no include guard on purpose).
-// Each kernel only picks the formula and its per-tensor coefficients; the memory
-// walk is cpu_loop.h and the math is update_math.h.
+// The memory walk is cpu_loop.h, the math update_math.h; this file joins them.
 #include "../common/cpu_loop.h"
 #include "optim_kernels.h"
 
@@ -24,16 +23,25 @@ void dispatch_dtype(c10::ScalarType dt, const Body& body) {
   }
 }
 
-void adam(const GroupArgs& a, const AdamHyper& h) {
+template <class Hyper>
+void run(const GroupArgs& a, const Hyper& h) {
+  using Op = typename OpFor<Hyper>::type;
   dispatch_dtype(a.dtype, [&](auto t, auto s) {
     using T = decltype(t);
     using S = decltype(s);
     for_each_tensor_span<T, S>(
         a.tensors, a.store_grad,
-        [&](int64_t i) { return adam_coeffs<S>(h, a.lr, *a.tensors[i].step, a.inv_grad_scale); },
-        [](auto& p, auto& g, auto& m, auto& v, auto& vmax, const auto& c) { adam_update(p, g, m, v, vmax, c); });
+        [&](int64_t i) {
+          const float* step = a.tensors[i].step;
+          return Op::template coeffs<S>(h, StepScalars{a.lr, step ? *step : 0.0, a.inv_grad_scale});
+        },
+        [](auto& p, auto& g, auto& s0, auto& s1, auto& s2, const auto& c) { Op::update(p, g, s0, s1, s2, c); });
   });
 }
+
+#define FO_INSTANTIATE(Name) template void run<Name##Hyper>(const GroupArgs&, const Name##Hyper&);
+FO_FOR_EACH_OPTIMIZER(FO_INSTANTIATE)
+#undef FO_INSTANTIATE
 
 }  // namespace FO_CPU_NS
 }  // namespace optim

@@ -1,4 +1,4 @@
-// CUDA op layer and kernels of the optimizers: the same checks as the CPU layer
+// CUDA backend of the optimizer ops: the same checks as the CPU backend
 // (tensor_lists.h), the same formulas (update_math.h), walked by the multi-tensor
 // engine (multi_tensor_apply.cuh).
 #include <ATen/core/Tensor.h>
@@ -9,6 +9,7 @@
 
 #include "../common/multi_tensor_apply.cuh"
 #include "../common/tensor_lists.h"
+#include "optim_ops.h"
 #include "update_math.h"
 
 namespace fusedopt {
@@ -29,7 +30,7 @@ struct DeviceScalar {
 
 class ScalarArgs {
  public:
-  DeviceScalar take(const std::optional<at::Tensor>& t, double fallback) {
+  DeviceScalar take(const OptTensor& t, double fallback) {
     DeviceScalar s;
     s.value = fallback;
     if (!t.has_value()) return s;
@@ -58,60 +59,60 @@ void dispatch_dtype(c10::ScalarType dt, const Body& body) {
   }
 }
 
-template <class T, class S>
-struct AdamFunctor {
-  AdamHyper h;
+// One chunk of one tensor: per-tensor coefficients from the device scalars, then the
+// optimizer's update over every element.
+template <class Op, class T, class S>
+struct OptimFunctor {
+  typename Op::Hyper h;
   DeviceScalar lr, grad_scale, found_inf;
   bool store_grad;
 
   __device__ void operator()(const LaunchMeta& m, int slot, int64_t start) const {
     if (found_inf.get() != 0.0) return;
     // Steps are bumped by a later kernel, so every chunk sees the same count.
-    const double step = static_cast<double>(*m.step[slot]) + 1.0;
-    const AdamCoeffs<S> c = adam_coeffs<S>(h, lr.get(), step, 1.0 / grad_scale.get());
+    const double step = m.step[slot] ? static_cast<double>(*m.step[slot]) + 1.0 : 0.0;
+    const auto c = Op::template coeffs<S>(h, StepScalars{lr.get(), step, 1.0 / grad_scale.get()});
     const ChunkPtrs<T, S> q(m, slot, start);
     walk_chunk<T, S>(q.p, q.g, q.s[0], q.s[1], q.s[2], q.n, store_grad,
-                     [&](S& p, S& g, S& mm, S& v, S& vmax) { adam_update(p, g, mm, v, vmax, c); });
+                     [&](S& p, S& g, S& s0, S& s1, S& s2) { Op::update(p, g, s0, s1, s2, c); });
   }
 };
 
-void adam_cuda(at::TensorList params, at::TensorList grads, at::TensorList exp_avgs, at::TensorList exp_avg_sqs,
-               at::TensorList max_exp_avg_sqs, at::TensorList state_steps, const at::Tensor& lr, double beta1,
-               double beta2, double weight_decay, double eps, bool amsgrad, bool maximize,
-               bool decoupled_weight_decay, const std::optional<at::Tensor>& grad_scale,
-               const std::optional<at::Tensor>& found_inf) {
-  constexpr const char* op = "fusedopt.adam_";
-  GroupView view(op, params, grads,
-                 {{"exp_avgs", exp_avgs, true}, {"exp_avg_sqs", exp_avg_sqs, true},
-                  {"max_exp_avg_sqs", max_exp_avg_sqs, amsgrad}},
-                 state_steps, grad_scale.has_value());
-  if (view.empty()) return;
-  TORCH_CHECK_VALUE(state_steps.size() == params.size(), op, ": state_steps is required");
-  check_scalar_arg(lr, op, "lr", view.device(), /*allow_cpu=*/true);
-  check_scalar_arg(grad_scale, op, "grad_scale", view.device(), true);
-  check_scalar_arg(found_inf, op, "found_inf", view.device(), true);
-  const c10::cuda::CUDAGuard guard(view.device());
+struct CudaBackend {
+  template <class Hyper>
+  static void run(const char* op, at::TensorList params, at::TensorList grads, const std::vector<StateList>& states,
+                  at::TensorList steps, bool has_steps, const at::Tensor& lr, const OptTensor& grad_scale,
+                  const OptTensor& found_inf, const Hyper& h) {
+    using Op = typename OpFor<Hyper>::type;
+    GroupView view(op, params, grads, states, steps, grad_scale.has_value());
+    TORCH_CHECK_VALUE(!has_steps || steps.size() == params.size(), op, ": got ", params.size(), " params but ",
+                      steps.size(), " state_steps");
+    if (view.empty()) return;
+    check_scalar_arg(lr, op, "lr", view.device(), /*allow_cpu=*/true);
+    check_scalar_arg(grad_scale, op, "grad_scale", view.device(), true);
+    check_scalar_arg(found_inf, op, "found_inf", view.device(), true);
+    const c10::cuda::CUDAGuard guard(view.device());
 
-  ScalarArgs scalars;
-  const DeviceScalar lr_s = scalars.take(lr, 0.0);
-  const DeviceScalar scale_s = scalars.take(grad_scale, 1.0);
-  const DeviceScalar inf_s = scalars.take(found_inf, 0.0);
-  if (inf_s.ptr == nullptr && inf_s.value != 0.0) return;  // a host-side found_inf: skip outright
+    ScalarArgs scalars;
+    const DeviceScalar lr_s = scalars.take(lr, 0.0);
+    const DeviceScalar scale_s = scalars.take(grad_scale, 1.0);
+    const DeviceScalar inf_s = scalars.take(found_inf, 0.0);
+    if (inf_s.ptr == nullptr && inf_s.value != 0.0) return;  // a host-side found_inf: skip outright
 
-  const AdamHyper h{beta1, beta2, eps, weight_decay, amsgrad, maximize, decoupled_weight_decay};
-  dispatch_dtype(view.dtype(), [&](auto t, auto s) {
-    using T = decltype(t);
-    using S = decltype(s);
-    cuda::multi_tensor_apply(view.refs(), AdamFunctor<T, S>{h, lr_s, scale_s, inf_s, grad_scale.has_value()});
-  });
-  cuda::bump_steps(view.refs(), inf_s.ptr);
-  view.write_back();
-}
+    dispatch_dtype(view.dtype(), [&](auto t, auto s) {
+      using T = decltype(t);
+      using S = decltype(s);
+      cuda::multi_tensor_apply(view.refs(), OptimFunctor<Op, T, S>{h, lr_s, scale_s, inf_s, grad_scale.has_value()});
+    });
+    if (has_steps) cuda::bump_steps(view.refs(), inf_s.ptr);
+    view.write_back();
+  }
+};
 
 }  // namespace
 }  // namespace optim
 }  // namespace fusedopt
 
 TORCH_LIBRARY_IMPL(fusedopt, CUDA, m) {
-  m.impl("adam_", &fusedopt::optim::adam_cuda);
+  FO_REGISTER_OPTIM_OPS(m, fusedopt::optim::CudaBackend);
 }

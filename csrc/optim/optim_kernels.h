@@ -21,13 +21,16 @@ struct GroupArgs {
   bool store_grad;        // write the unscaled grad back (GradScaler path)
 };
 
-#define FO_DECLARE_CPU_KERNELS(ns) \
-  namespace ns {                   \
-  void adam(const GroupArgs& args, const AdamHyper& h); \
-  }
-FO_DECLARE_CPU_KERNELS(avx2)
-FO_DECLARE_CPU_KERNELS(scalar)
-#undef FO_DECLARE_CPU_KERNELS
+// run<XHyper>(args, hyper) updates every tensor of the group with optimizer X.
+// Instantiated for every optimizer in each variant (FO_FOR_EACH_OPTIMIZER).
+namespace avx2 {
+template <class Hyper>
+void run(const GroupArgs& args, const Hyper& h);
+}
+namespace scalar {
+template <class Hyper>
+void run(const GroupArgs& args, const Hyper& h);
+}
 
 }  // namespace optim
 }  // namespace fusedopt

@@ -12,6 +12,8 @@ grad, when an option that adds or removes a state buffer changes, and after
 load_state_dict. Replacing a state tensor by hand (opt.state[p]["exp_avg"] = t) is not
 seen; change state in place, or call `opt.load_state_dict`.
 """
+import inspect
+
 import torch
 from torch import Tensor
 
@@ -23,17 +25,20 @@ def state_dtype(p: Tensor) -> torch.dtype:
     return torch.float32 if p.dtype in (torch.float16, torch.bfloat16) else p.dtype
 
 
+def zeros_state(p: Tensor) -> Tensor:
+    """A zero state buffer shaped, laid out and typed (see state_dtype) for param p."""
+    return torch.zeros_like(p, memory_format=torch.preserve_format, dtype=state_dtype(p))
+
+
+def new_step(p: Tensor) -> Tensor:
+    """A step counter. torch keeps it on the CPU unless capturable/fused; our kernels
+    want it beside the param, as torch's fused path does."""
+    return torch.zeros((), dtype=torch.float32, device=p.device)
+
+
 def as_float(x):
     """A hyperparameter that torch also accepts as a 1-element tensor."""
     return x.item() if isinstance(x, Tensor) else float(x)
-
-
-def reject_differentiable(name: str, differentiable: bool) -> None:
-    if differentiable:
-        raise RuntimeError(
-            f"fusedopt.optim.{name} does not support differentiable=True: its update runs in a fused "
-            f"kernel that autograd cannot see through. Use torch.optim.{name}(differentiable=True) instead."
-        )
 
 
 def lr_tensor(lr) -> Tensor:
@@ -43,18 +48,19 @@ def lr_tensor(lr) -> Tensor:
     return torch.tensor(lr, dtype=torch.float64)
 
 
-def op(name: str, plain: bool):
-    """The entry point for fusedopt op `name`: torch.ops.fusedopt.<name>, or for plain
-    tensors in eager mode the equivalent fast entry in fusedopt._C (same kernels,
-    called through the dispatcher without boxing; see csrc/python_module.cpp)."""
+def call_op(name: str, plain: bool, *args) -> None:
+    """Runs fusedopt op `name`: through torch.ops.fusedopt.<name>, or for plain tensors
+    in eager mode through fusedopt._C.fast_call, which reaches the same registered
+    kernels without boxing every list element (see csrc/python_module.cpp)."""
     if (
         plain
         and not torch.compiler.is_compiling()
         and not torch._C._is_torch_function_mode_enabled()
         and torch._C._len_torch_dispatch_stack() == 0
     ):
-        return getattr(_C, "fast_" + name)
-    return getattr(torch.ops.fusedopt, name)
+        _C.fast_call(name, *args)
+    else:
+        getattr(torch.ops.fusedopt, name)(*args)
 
 
 _PLAIN_TYPES = (Tensor, torch.nn.Parameter)
@@ -72,7 +78,8 @@ class _Bucket:
         self.device = device
         self.params = []         # the nn.Parameters, to read .grad from
         self.kernel_params = []  # what the op updates (real views of complex params)
-        self.states = None       # one list per state buffer
+        self.states = None       # one list per state slot of the op (empty: slot unused)
+        self.fresh = set()       # indices initialized in this plan, not yet stepped
         self.steps = []
         self.is_complex = False
         self.plain = True  # only plain tensors/Parameters: the fast eager entry applies
@@ -88,16 +95,39 @@ class _Plan:
 
 
 class FusedOptimizerMixin:
-    """Mixed in before the torch.optim class. Subclasses define:
+    """Mixed in before the torch.optim class, whose constructor, checks and defaults it
+    keeps. Subclasses define:
 
-    _state_keys(group) -> tuple of state names passed to the op, in order;
-    _init_state(group, p, state) -> None: fills a new param's state like torch does;
-    _launch(group, plain, params, grads, states, steps, grad_scale, found_inf) -> None,
-    which calls op(name, plain)(...).
+    _state_keys(group) -> the state name of each of the op's state slots, in order,
+        None for a slot the group's options leave unused;
+    _init_state(group, p, state) -> fills a new param's state like torch does;
+    _launch(group, plain, params, grads, states, steps, grad_scale, found_inf, first_step)
+        -> calls call_op(name, plain, ...). first_step is True for params whose state
+        was created since their last update (SGD starts its buffer from the grad).
     """
 
     # GradScaler passes grad_scale/found_inf to step() instead of unscaling itself.
     _step_supports_amp_scaling = True
+
+    def __init_subclass__(cls, **kwargs):
+        super().__init_subclass__(**kwargs)
+        torch_class = next((c for c in cls.__mro__ if c.__module__.startswith("torch.optim")), None)
+        if torch_class is not None:  # intermediate mixins (e.g. _AdamImpl) have none yet
+            cls._torch_class = torch_class
+            cls.__signature__ = inspect.signature(torch_class)
+
+    def __init__(self, *args, **kwargs):
+        name = self._torch_class.__name__
+        bound = inspect.signature(self._torch_class).bind(*args, **kwargs)
+        if bound.arguments.get("differentiable", False):
+            raise RuntimeError(
+                f"fusedopt.optim.{name} does not support differentiable=True: its update runs in a fused "
+                f"kernel that autograd cannot see through. Use torch.optim.{name}(differentiable=True) instead."
+            )
+        # `foreach` and `fused` stay in the param groups (so a saved state_dict means the
+        # same to torch) but change nothing here: every step runs fusedopt's kernels.
+        super().__init__(*args, **kwargs)
+        self._normalize_state()
 
     # -- plans -----------------------------------------------------------------------
     def _fused_plans(self):
@@ -131,19 +161,26 @@ class FusedOptimizerMixin:
                     pending.append(p)
                     continue
                 self._init_state(group, p, state)
+                fresh = True
+            else:
+                fresh = False
             for k in keys:
-                if k not in state:  # e.g. amsgrad switched on after the first steps
-                    state[k] = torch.zeros_like(p, memory_format=torch.preserve_format, dtype=state_dtype(p))
+                if k is not None and k not in state:  # e.g. an option switched on mid-training
+                    state[k] = zeros_state(p)
+                    fresh = True
             b = buckets.get((p.device, p.dtype))
             if b is None:
                 b = buckets[(p.device, p.dtype)] = _Bucket(p.device)
                 b.states = [[] for _ in keys]
                 b.is_complex = p.is_complex()
+            if fresh:
+                b.fresh.add(len(b.params))
             b.params.append(p)
             b.plain = b.plain and type(p) in _PLAIN_TYPES
             b.kernel_params.append(_kernel_view(p))
             for lst, k in zip(b.states, keys):
-                lst.append(_kernel_view(state[k]))
+                if k is not None:
+                    lst.append(_kernel_view(state[k]))
             if "step" in state:
                 b.steps.append(state["step"])
         return _Plan(group["params"], keys, list(buckets.values()), pending)
@@ -154,6 +191,9 @@ class FusedOptimizerMixin:
 
     def load_state_dict(self, state_dict):
         super().load_state_dict(state_dict)
+        self._normalize_state()
+
+    def _normalize_state(self):
         # torch casts loaded state to the param dtype and leaves `step` where it was;
         # the kernels want float32 state for half params and the step beside the param.
         for group in self.param_groups:
@@ -181,22 +221,35 @@ class FusedOptimizerMixin:
         grad_scale = getattr(self, "grad_scale", None)
         found_inf = getattr(self, "found_inf", None)
         for index, group in enumerate(self.param_groups):
-            plan = self._plan(index, group)
-            for b in plan.buckets:
+            for b in self._plan(index, group).buckets:
                 grads = [p.grad for p in b.params]
-                params, states, steps = b.kernel_params, b.states, b.steps
-                if any(g is None for g in grads):
-                    keep = [i for i, g in enumerate(grads) if g is not None]
-                    if not keep:
-                        continue
-                    params = [params[i] for i in keep]
-                    grads = [grads[i] for i in keep]
-                    states = [[s[i] for i in keep] for s in states]
-                    steps = [steps[i] for i in keep] if steps else steps
-                if b.is_complex:
-                    grads = [torch.view_as_real(g) if g.is_complex() else g for g in grads]
-                gs = grad_scale if grad_scale is None or grad_scale.device == b.device else grad_scale.to(b.device)
-                fi = found_inf if found_inf is None or found_inf.device == b.device else found_inf.to(b.device)
-                plain = b.plain and type(grads[0]) is Tensor
-                self._launch(group, plain, params, grads, states, steps, gs, fi)
+                if b.fresh or any(g is None for g in grads):
+                    self._step_subsets(group, b, grads, grad_scale, found_inf)
+                else:
+                    self._run_bucket(group, b, b.kernel_params, grads, b.states, b.steps, grad_scale, found_inf, False)
         return loss
+
+    def _step_subsets(self, group, b, grads, grad_scale, found_inf):
+        """The slow path: params without a grad are left out, and params with fresh
+        state go in a call of their own (first_step=True)."""
+        keep = [i for i, g in enumerate(grads) if g is not None]
+        for first in (True, False):
+            idx = [i for i in keep if (i in b.fresh) == first]
+            if not idx:
+                continue
+            self._run_bucket(
+                group, b, [b.kernel_params[i] for i in idx], [grads[i] for i in idx],
+                [[s[i] for i in idx] if s else s for s in b.states], [b.steps[i] for i in idx] if b.steps else b.steps,
+                grad_scale, found_inf, first,
+            )
+        b.fresh.difference_update(keep)
+
+    def _run_bucket(self, group, b, params, grads, states, steps, grad_scale, found_inf, first_step):
+        if b.is_complex:
+            grads = [torch.view_as_real(g) if g.is_complex() else g for g in grads]
+        if grad_scale is not None and grad_scale.device != b.device:
+            grad_scale = grad_scale.to(b.device)
+        if found_inf is not None and found_inf.device != b.device:
+            found_inf = found_inf.to(b.device)
+        plain = b.plain and type(grads[0]) is Tensor
+        self._launch(group, plain, params, grads, states, steps, grad_scale, found_inf, first_step)

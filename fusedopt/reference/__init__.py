@@ -3,6 +3,6 @@
 Written from the textbook formulas with plain float64 tensor arithmetic. They never call
 fusedopt's kernels or torch.optim, so agreement with both is evidence, not an echo.
 """
-from .optim import adam_step
+from .optim import adadelta_step, adagrad_step, adam_step, rmsprop_step, sgd_step
 
-__all__ = ["adam_step"]
+__all__ = ["adam_step", "sgd_step", "rmsprop_step", "adagrad_step", "adadelta_step"]
