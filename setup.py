@@ -103,7 +103,9 @@ def ext_modules():
 
     archs = os.environ.get("TORCH_CUDA_ARCH_LIST", "") if with_cuda else ""
     generated = write_build_info_header(torch.__version__, archs.replace(" ", ";"), with_cuda)
-    cxx = ["-O3", "-std=c++20", "-fopenmp", "-Wno-psabi"]
+    # -Wno-subobject-linkage: kernels are instantiated with the formulas' internal-linkage
+    # types on purpose (see csrc/common/macros.h).
+    cxx = ["-O3", "-std=c++20", "-fopenmp", "-Wno-psabi", "-Wno-subobject-linkage"]
     nvcc = ["-O3", "-std=c++20", "-lineinfo"]
     include_dirs = [os.path.join(ROOT, "csrc"), generated]
     if with_cuda:

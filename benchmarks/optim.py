@@ -1,9 +1,11 @@
 """Optimizer microbenchmarks: fusedopt against torch's for-loop, foreach and fused steps.
 
 Each case builds identical params and grads for every candidate and times one
-optimizer.step(). Bytes moved per element (the model behind GB/s):
+optimizer.step(). Bytes moved per param element (the model behind GB/s):
     param read+write, grad read, and each state buffer read+write,
-with fusedopt's state sizes (float32 state for fp16/bf16 params).
+with fusedopt's state sizes (float32 state for fp16/bf16 params): fp32 Adam moves
+28 bytes per param, bf16 Adam 22. torch keeps bf16 state for bf16 params, so on bf16
+rows it moves fewer bytes than this model counts for fusedopt.
 """
 import torch
 
@@ -11,8 +13,12 @@ import fusedopt
 
 # name -> (fusedopt class, torch class, constructor kwargs, state buffers, torch has fused)
 OPTIMIZERS = {
+    "sgd-momentum": (fusedopt.optim.SGD, torch.optim.SGD, dict(lr=1e-2, momentum=0.9), 1, True),
     "adam": (fusedopt.optim.Adam, torch.optim.Adam, dict(lr=1e-3), 2, True),
     "adamw": (fusedopt.optim.AdamW, torch.optim.AdamW, dict(lr=1e-3, weight_decay=1e-2), 2, True),
+    "rmsprop": (fusedopt.optim.RMSprop, torch.optim.RMSprop, dict(lr=1e-2), 1, False),
+    "adagrad": (fusedopt.optim.Adagrad, torch.optim.Adagrad, dict(lr=1e-2), 1, True),
+    "adadelta": (fusedopt.optim.Adadelta, torch.optim.Adadelta, dict(lr=1.0), 2, False),
 }
 
 # (tensors, elements per tensor); the full run adds one very large tensor.
@@ -36,13 +42,14 @@ def _make(n, size, dtype, device, seed=0):
 
 
 def cases(quick, device):
+    """Every optimizer on 16 x 1M (float32 and bf16); Adam/AdamW also on the many-tensor
+    and (full runs) single-huge-tensor shapes, where per-tensor overhead shows."""
     shapes = QUICK_SHAPES if quick else FULL_SHAPES
-    dtypes = [torch.float32] if quick else [torch.float32, torch.bfloat16]
     for name in OPTIMIZERS:
         for n, size in shapes:
-            for dtype in dtypes:
-                if dtype != torch.float32 and n > 16:
-                    continue
+            if n != 16 and name not in ("adam", "adamw"):
+                continue
+            for dtype in (torch.float32, torch.bfloat16) if n == 16 else (torch.float32,):
                 yield dict(family="optim", op=name, n=n, size=size, dtype=dtype, device=device)
 
 
@@ -54,6 +61,8 @@ def run_case(case, timer):
     variants = {"torch for-loop": dict(foreach=False), "torch foreach": dict(foreach=True)}
     if torch_fused:
         variants["torch fused"] = dict(fused=True)
+    else:
+        skipped["torch fused"] = f"torch has no fused {torch_cls.__name__}"
     for label, extra in variants.items():
         if label == "torch for-loop" and n > FOR_LOOP_MAX_TENSORS:
             skipped[label] = f"not timed above {FOR_LOOP_MAX_TENSORS} tensors (seconds per step)"
@@ -67,5 +76,5 @@ def run_case(case, timer):
     return dict(
         family="optim", op=case["op"], shape=f"{n}x{size}", dtype=str(dtype).replace("torch.", ""),
         layout="-", device=device, times=times, skipped=skipped, fusedopt="fusedopt",
-        bytes=n * size * bytes_per_element(dtype, n_states),
+        bytes=n * size * bytes_per_element(dtype, n_states), bytes_per_param=bytes_per_element(dtype, n_states),
     )
