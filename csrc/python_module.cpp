@@ -41,22 +41,20 @@ std::vector<at::Tensor> unpack(py::handle list, const char* what) {
   return out;
 }
 
-// Converts one Python argument to the IValue its schema slot expects. Covers the
+// Converts one Python argument to an IValue of the schema type `type`. Covers the
 // argument kinds fusedopt's in-place ops use; anything else is a TypeError.
-c10::IValue to_ivalue(py::handle obj, const c10::Argument& arg) {
-  const c10::TypePtr& type = arg.type();
+c10::IValue to_ivalue(py::handle obj, const c10::TypePtr& type, const std::string& name) {
   switch (type->kind()) {
     case c10::TypeKind::ListType:
       if (type->castRaw<c10::ListType>()->getElementType()->kind() == c10::TypeKind::TensorType)
-        return c10::IValue(c10::List<at::Tensor>(unpack(obj, arg.name().c_str())));
+        return c10::IValue(c10::List<at::Tensor>(unpack(obj, name.c_str())));
       break;
     case c10::TypeKind::TensorType:
       if (THPVariable_Check(obj.ptr())) return c10::IValue(THPVariable_Unpack(obj.ptr()));
       break;
     case c10::TypeKind::OptionalType:
       if (obj.is_none()) return c10::IValue();
-      if (THPVariable_Check(obj.ptr())) return c10::IValue(THPVariable_Unpack(obj.ptr()));
-      break;
+      return to_ivalue(obj, type->castRaw<c10::OptionalType>()->getElementType(), name);
     case c10::TypeKind::FloatType:
       return c10::IValue(obj.cast<double>());
     case c10::TypeKind::IntType:
@@ -66,7 +64,7 @@ c10::IValue to_ivalue(py::handle obj, const c10::Argument& arg) {
     default:
       break;
   }
-  throw py::type_error("argument '" + arg.name() + "' must be " + type->str());
+  throw py::type_error("argument '" + name + "' must be " + type->str());
 }
 
 // fast_call("adam_", *args): runs fusedopt::adam_ with positional args, exactly as
@@ -82,7 +80,7 @@ void fast_call(const std::string& name, const py::args& args) {
   stack.reserve(params.size());
   for (size_t i = 0; i < params.size(); ++i) {
     if (i < args.size()) {
-      stack.push_back(to_ivalue(args[i], params[i]));
+      stack.push_back(to_ivalue(args[i], params[i].type(), params[i].name()));
     } else if (params[i].default_value().has_value()) {
       stack.push_back(*params[i].default_value());
     } else {

@@ -12,32 +12,39 @@
 #include "common/op_list.h"
 
 TORCH_LIBRARY(fusedopt, m) {
+  // Every optimizer op ends with: master_params (float32 copies of fp16/bf16 params,
+  // updated in place of them, the params receiving the rounded values; or empty),
+  // stochastic_rounding_seed (if set, bf16 params are rounded stochastically from this
+  // seed), grad_scale and found_inf (GradScaler: unscale in the kernel; skip the whole
+  // update, steps included, where found_inf is set).
+  //
   // Adam and AdamW (decoupled_weight_decay=True). grads are written back, unscaled,
-  // only when grad_scale is given; found_inf set skips the update, steps included.
+  // when grad_scale is given.
   m.def(
       "adam_(Tensor(a!)[] params, Tensor(b!)[] grads, Tensor(c!)[] exp_avgs, Tensor(d!)[] exp_avg_sqs, "
       "Tensor(e!)[] max_exp_avg_sqs, Tensor(f!)[] state_steps, Tensor lr, float beta1, float beta2, "
       "float weight_decay, float eps, bool amsgrad, bool maximize, bool decoupled_weight_decay, "
-      "Tensor? grad_scale=None, Tensor? found_inf=None) -> ()");
+      "Tensor(z!)[] master_params, int? stochastic_rounding_seed, Tensor? grad_scale=None, Tensor? found_inf=None) -> ()");
   // SGD with momentum/dampening/Nesterov. momentum_buffers is empty when momentum == 0;
   // is_first_step starts every buffer as the (decayed) grad, as torch does.
   m.def(
       "sgd_(Tensor(a!)[] params, Tensor(b!)[] grads, Tensor(c!)[] momentum_buffers, Tensor lr, float momentum, "
       "float dampening, float weight_decay, bool nesterov, bool maximize, bool is_first_step, "
-      "Tensor? grad_scale=None, Tensor? found_inf=None) -> ()");
+      "Tensor(z!)[] master_params, int? stochastic_rounding_seed, Tensor? grad_scale=None, Tensor? found_inf=None) -> ()");
   // RMSprop. momentum_buffers is empty when momentum == 0, grad_avgs unless centered.
   m.def(
       "rmsprop_(Tensor(a!)[] params, Tensor(b!)[] grads, Tensor(c!)[] square_avgs, Tensor(d!)[] momentum_buffers, "
       "Tensor(e!)[] grad_avgs, Tensor(f!)[] state_steps, Tensor lr, float alpha, float eps, float weight_decay, "
-      "float momentum, bool centered, bool maximize, Tensor? grad_scale=None, Tensor? found_inf=None) -> ()");
+      "float momentum, bool centered, bool maximize, Tensor(z!)[] master_params, int? stochastic_rounding_seed, "
+      "Tensor? grad_scale=None, Tensor? found_inf=None) -> ()");
   m.def(
       "adagrad_(Tensor(a!)[] params, Tensor(b!)[] grads, Tensor(c!)[] state_sums, Tensor(d!)[] state_steps, "
-      "Tensor lr, float lr_decay, float weight_decay, float eps, bool maximize, Tensor? grad_scale=None, "
-      "Tensor? found_inf=None) -> ()");
+      "Tensor lr, float lr_decay, float weight_decay, float eps, bool maximize, Tensor(z!)[] master_params, "
+      "int? stochastic_rounding_seed, Tensor? grad_scale=None, Tensor? found_inf=None) -> ()");
   m.def(
       "adadelta_(Tensor(a!)[] params, Tensor(b!)[] grads, Tensor(c!)[] square_avgs, Tensor(d!)[] acc_deltas, "
       "Tensor(e!)[] state_steps, Tensor lr, float rho, float eps, float weight_decay, bool maximize, "
-      "Tensor? grad_scale=None, Tensor? found_inf=None) -> ()");
+      "Tensor(z!)[] master_params, int? stochastic_rounding_seed, Tensor? grad_scale=None, Tensor? found_inf=None) -> ()");
 }
 
 namespace {

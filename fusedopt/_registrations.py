@@ -12,29 +12,30 @@ def _same_length(op, params, *lists):
 
 @torch.library.register_fake("fusedopt::adam_")
 def _adam_fake(params, grads, exp_avgs, exp_avg_sqs, max_exp_avg_sqs, state_steps, lr, beta1, beta2,
-               weight_decay, eps, amsgrad, maximize, decoupled_weight_decay, grad_scale=None, found_inf=None):
-    _same_length("adam_", params, grads, exp_avgs, exp_avg_sqs, max_exp_avg_sqs, state_steps)
+               weight_decay, eps, amsgrad, maximize, decoupled_weight_decay, master_params, stochastic_rounding_seed, grad_scale=None,
+               found_inf=None):
+    _same_length("adam_", params, grads, exp_avgs, exp_avg_sqs, max_exp_avg_sqs, state_steps, master_params)
 
 
 @torch.library.register_fake("fusedopt::sgd_")
 def _sgd_fake(params, grads, momentum_buffers, lr, momentum, dampening, weight_decay, nesterov, maximize,
-              is_first_step, grad_scale=None, found_inf=None):
-    _same_length("sgd_", params, grads, momentum_buffers)
+              is_first_step, master_params, stochastic_rounding_seed, grad_scale=None, found_inf=None):
+    _same_length("sgd_", params, grads, momentum_buffers, master_params)
 
 
 @torch.library.register_fake("fusedopt::rmsprop_")
 def _rmsprop_fake(params, grads, square_avgs, momentum_buffers, grad_avgs, state_steps, lr, alpha, eps,
-                  weight_decay, momentum, centered, maximize, grad_scale=None, found_inf=None):
-    _same_length("rmsprop_", params, grads, square_avgs, momentum_buffers, grad_avgs, state_steps)
+                  weight_decay, momentum, centered, maximize, master_params, stochastic_rounding_seed, grad_scale=None, found_inf=None):
+    _same_length("rmsprop_", params, grads, square_avgs, momentum_buffers, grad_avgs, state_steps, master_params)
 
 
 @torch.library.register_fake("fusedopt::adagrad_")
 def _adagrad_fake(params, grads, state_sums, state_steps, lr, lr_decay, weight_decay, eps, maximize,
-                  grad_scale=None, found_inf=None):
-    _same_length("adagrad_", params, grads, state_sums, state_steps)
+                  master_params, stochastic_rounding_seed, grad_scale=None, found_inf=None):
+    _same_length("adagrad_", params, grads, state_sums, state_steps, master_params)
 
 
 @torch.library.register_fake("fusedopt::adadelta_")
 def _adadelta_fake(params, grads, square_avgs, acc_deltas, state_steps, lr, rho, eps, weight_decay, maximize,
-                   grad_scale=None, found_inf=None):
-    _same_length("adadelta_", params, grads, square_avgs, acc_deltas, state_steps)
+                   master_params, stochastic_rounding_seed, grad_scale=None, found_inf=None):
+    _same_length("adadelta_", params, grads, square_avgs, acc_deltas, state_steps, master_params)

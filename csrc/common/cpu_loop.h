@@ -10,12 +10,22 @@
 namespace fusedopt {
 namespace FO_CPU_NS {
 
+// How the updated param is written back.
+struct ParamStore {
+  bool stochastic;  // bf16 params: stochastic rounding (rounding.h) instead of nearest-even
+  uint32_t key;     // the tensor's random stream
+  int64_t index;    // element offset of the walk's first element inside its tensor
+};
+
 // Walks n elements of one param, its grad and up to three state buffers (nullptr =
 // absent). op(p, g, s0, s1, s2) updates registers in place; p and present states are
-// stored back, g only when store_grad. The tail runs through zero-padded buffers so
-// that a single, full-width instantiation of op serves every element.
+// stored back, g only when store_grad. With a float32 master copy, p is read from and
+// written to the master, and the param receives its rounded value. The tail runs
+// through zero-padded buffers so that a single, full-width instantiation of op serves
+// every element.
 template <class T, class S, class Op>
-inline void elementwise(T* p, T* g, S* s0, S* s1, S* s2, int64_t n, bool store_grad, const Op& op) {
+inline void elementwise(T* p, T* g, S* s0, S* s1, S* s2, S* master, int64_t n, bool store_grad,
+                        const ParamStore& out, const Op& op) {
   using L = Lanes<T>;
   using LS = Lanes<S>;
   using V = typename L::V;
@@ -23,47 +33,57 @@ inline void elementwise(T* p, T* g, S* s0, S* s1, S* s2, int64_t n, bool store_g
   constexpr int N = L::N;
   static_assert(LS::N == N, "state lanes must match param lanes");
 
-  auto block = [&](T* pp, T* gg, S* a, S* b, S* c) {
-    V vp = L::load(pp), vg = L::load(gg);
+  auto block = [&](T* pp, T* gg, S* a, S* b, S* c, S* m, int64_t index) {
+    V vp = m ? LS::load(m) : L::load(pp), vg = L::load(gg);
     V va = a ? LS::load(a) : V(0), vb = b ? LS::load(b) : V(0), vc = c ? LS::load(c) : V(0);
     op(vp, vg, va, vb, vc);
-    L::store(pp, vp);
+    if (m) LS::store(m, vp);
+    if constexpr (std::is_same<T, c10::BFloat16>::value) {
+      if (out.stochastic) {
+        L::store_stochastic(pp, vp, out.key, index);
+      } else {
+        L::store(pp, vp);
+      }
+    } else {
+      L::store(pp, vp);
+    }
     if (store_grad) L::store(gg, vg);
     if (a) LS::store(a, va);
     if (b) LS::store(b, vb);
     if (c) LS::store(c, vc);
   };
+  auto at = [](S* base, int64_t i) { return base ? base + i : nullptr; };
 
   int64_t i = 0;
-  for (; i + N <= n; i += N)
-    block(p + i, g + i, s0 ? s0 + i : nullptr, s1 ? s1 + i : nullptr, s2 ? s2 + i : nullptr);
+  for (; i + N <= n; i += N) block(p + i, g + i, at(s0, i), at(s1, i), at(s2, i), at(master, i), out.index + i);
   if (i == n) return;
 
   const int64_t r = n - i;
   T bp[N]{}, bg[N]{};
-  S b0[N]{}, b1[N]{}, b2[N]{};
+  S b0[N]{}, b1[N]{}, b2[N]{}, bm[N]{};
+  S* src[4] = {s0, s1, s2, master};
+  S* buf[4] = {b0, b1, b2, bm};
   for (int64_t k = 0; k < r; ++k) {
     bp[k] = p[i + k];
     bg[k] = g[i + k];
-    if (s0) b0[k] = s0[i + k];
-    if (s1) b1[k] = s1[i + k];
-    if (s2) b2[k] = s2[i + k];
+    for (int j = 0; j < 4; ++j)
+      if (src[j]) buf[j][k] = src[j][i + k];
   }
-  block(bp, bg, s0 ? b0 : nullptr, s1 ? b1 : nullptr, s2 ? b2 : nullptr);
+  block(bp, bg, s0 ? b0 : nullptr, s1 ? b1 : nullptr, s2 ? b2 : nullptr, master ? bm : nullptr, out.index + i);
   for (int64_t k = 0; k < r; ++k) {
     p[i + k] = bp[k];
     if (store_grad) g[i + k] = bg[k];
-    if (s0) s0[i + k] = b0[k];
-    if (s1) s1[i + k] = b1[k];
-    if (s2) s2[i + k] = b2[k];
+    for (int j = 0; j < 4; ++j)
+      if (src[j]) src[j][i + k] = buf[j][k];
   }
 }
 
 // Threads split the group's flat index space evenly (see FlatPlan); each piece of a
 // tensor gets that tensor's coefficients from make(tensor_index) and runs update.
-template <class T, class S, class Refs, class MakeCoeffs, class Update>
-inline void for_each_tensor_span(const std::vector<Refs>& refs, bool store_grad, const MakeCoeffs& make,
-                                 const Update& update) {
+// key(tensor_index) gives the tensor's random stream for stochastic rounding.
+template <class T, class S, class Refs, class MakeCoeffs, class Update, class Key>
+inline void for_each_tensor_span(const std::vector<Refs>& refs, bool store_grad, bool stochastic, const Key& key,
+                                 const MakeCoeffs& make, const Update& update) {
   std::vector<int64_t> numels(refs.size());
   for (size_t i = 0; i < refs.size(); ++i) numels[i] = refs[i].numel;
   const FlatPlan plan(numels);
@@ -73,9 +93,11 @@ inline void for_each_tensor_span(const std::vector<Refs>& refs, bool store_grad,
     plan.for_each_span(lo, hi, [&](int64_t t, int64_t b, int64_t e) {
       const Refs& r = refs[t];
       const auto c = make(t);
-      auto st = [&](int k) { return r.state[k] ? static_cast<S*>(r.state[k]) + b : nullptr; };
-      elementwise<T, S>(static_cast<T*>(r.param) + b, static_cast<T*>(r.grad) + b, st(0), st(1), st(2), e - b,
-                        store_grad, [&](auto& p, auto& g, auto& s0, auto& s1, auto& s2) { update(p, g, s0, s1, s2, c); });
+      auto ptr = [&](void* base) { return base ? static_cast<S*>(base) + b : nullptr; };
+      const ParamStore out{stochastic, stochastic ? key(t) : 0u, b};
+      elementwise<T, S>(static_cast<T*>(r.param) + b, static_cast<T*>(r.grad) + b, ptr(r.state[0]), ptr(r.state[1]),
+                        ptr(r.state[2]), ptr(r.master), e - b, store_grad, out,
+                        [&](auto& p, auto& g, auto& s0, auto& s1, auto& s2) { update(p, g, s0, s1, s2, c); });
     });
   });
 }

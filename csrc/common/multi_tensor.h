@@ -7,13 +7,14 @@
 
 namespace fusedopt {
 
-// One tensor of a multi-tensor op: its param, grad and up to three state buffers
-// (nullptr where the options leave that state out), and its step counter (nullptr for
-// optimizers without one).
+// One tensor of a multi-tensor op: its param, grad, up to three state buffers
+// (nullptr where the options leave that state out), an optional float32 master copy
+// of a half-precision param, and its step counter (nullptr for optimizers without one).
 struct TensorRefs {
   void* param;
   void* grad;
   void* state[3];
+  void* master;
   float* step;
   int64_t numel;
 };

@@ -9,10 +9,14 @@
 #include <c10/cuda/CUDAException.h>
 #include <c10/cuda/CUDAStream.h>
 
+#include <c10/util/BFloat16.h>
+
 #include <cstdint>
+#include <type_traits>
 #include <vector>
 
 #include "multi_tensor.h"
+#include "rounding.h"
 
 namespace fusedopt {
 namespace cuda {
@@ -20,18 +24,23 @@ namespace cuda {
 constexpr int64_t kChunkSize = 65536;
 constexpr int kBlockSize = 512;
 constexpr int kMaxBlocks = 320;
-constexpr int kMaxTensors = 32;  // keeps LaunchMeta + functor under the 4 KiB parameter limit
+constexpr int kMaxTensors = 28;  // keeps LaunchMeta + functor under the 4 KiB parameter limit
 constexpr int kILP = 4;          // elements per thread per iteration: one 16-byte load for float
 
 struct LaunchMeta {
   void* param[kMaxTensors];
   void* grad[kMaxTensors];
   void* state[3][kMaxTensors];
+  void* master[kMaxTensors];
   float* step[kMaxTensors];
   int64_t numel[kMaxTensors];
+  int32_t tensor_index[kMaxTensors];  // position in the op call's lists
   int32_t block_chunk[kMaxBlocks];
   uint8_t block_slot[kMaxBlocks];
 };
+
+// Kernel parameters are limited to 4 KiB; the functor needs the rest.
+static_assert(sizeof(LaunchMeta) <= 3800, "LaunchMeta too large for kernel parameters");
 
 template <class F>
 __global__ void __launch_bounds__(kBlockSize) multi_tensor_kernel(const LaunchMeta meta, const F f) {
@@ -51,8 +60,10 @@ void multi_tensor_apply(const std::vector<TensorRefs>& refs, const F& f) {
       meta.param[s] = r.param;
       meta.grad[s] = r.grad;
       for (int k = 0; k < 3; ++k) meta.state[k][s] = r.state[k];
+      meta.master[s] = r.master;
       meta.step[s] = r.step;
       meta.numel[s] = r.numel;
+      meta.tensor_index[s] = plan.tensors[s];
     }
     for (size_t b = 0; b < plan.block_slot.size(); ++b) {
       meta.block_slot[b] = static_cast<uint8_t>(plan.block_slot[b]);
@@ -74,27 +85,46 @@ __device__ __forceinline__ bool pack_aligned(const void* p) {
   return p == nullptr || reinterpret_cast<uintptr_t>(p) % sizeof(Pack<T>) == 0;
 }
 
+// How the updated param is written back (see cpu_loop.h's ParamStore).
+struct ParamStore {
+  bool stochastic;  // bf16 params: stochastic rounding instead of nearest-even
+  uint32_t key;     // the tensor's random stream
+  int64_t index;    // element offset of the chunk inside its tensor
+};
+
+template <class T, class S>
+__device__ __forceinline__ T store_param(S x, const ParamStore& out, int64_t i) {
+  if constexpr (std::is_same<T, c10::BFloat16>::value) {
+    if (out.stochastic)
+      return c10::BFloat16(bf16_bits_stochastic(x, element_random(out.key, out.index + i)), c10::BFloat16::from_bits());
+  }
+  return static_cast<T>(x);
+}
+
 // Walks one chunk: n elements from the given pointers (already offset to the chunk).
-// op(p, g, s0, s1, s2) works on registers of the math type S; absent states
-// (nullptr) are neither loaded nor stored, g is stored only when store_grad.
+// op(p, g, s0, s1, s2) works on registers of the math type S; absent states and master
+// (nullptr) are neither loaded nor stored, g is stored only when store_grad. With a
+// float32 master, p is read from and written to it and the param gets the rounded value.
 template <class T, class S, class Op>
-__device__ __forceinline__ void walk_chunk(T* p, T* g, S* s0, S* s1, S* s2, int64_t n, bool store_grad,
-                                           const Op& op) {
+__device__ __forceinline__ void walk_chunk(T* p, T* g, S* s0, S* s1, S* s2, S* master, int64_t n, bool store_grad,
+                                           const ParamStore& out, const Op& op) {
   const bool vec = n % kILP == 0 && pack_aligned<T>(p) && pack_aligned<T>(g) && pack_aligned<S>(s0) &&
-                   pack_aligned<S>(s1) && pack_aligned<S>(s2);
+                   pack_aligned<S>(s1) && pack_aligned<S>(s2) && pack_aligned<S>(master);
   if (vec) {
     for (int64_t i = static_cast<int64_t>(threadIdx.x) * kILP; i < n; i += static_cast<int64_t>(blockDim.x) * kILP) {
       Pack<T> pp = *reinterpret_cast<const Pack<T>*>(p + i);
       Pack<T> gp = *reinterpret_cast<const Pack<T>*>(g + i);
-      Pack<S> a{}, b{}, c{};
+      Pack<S> a{}, b{}, c{}, m{};
       if (s0) a = *reinterpret_cast<const Pack<S>*>(s0 + i);
       if (s1) b = *reinterpret_cast<const Pack<S>*>(s1 + i);
       if (s2) c = *reinterpret_cast<const Pack<S>*>(s2 + i);
+      if (master) m = *reinterpret_cast<const Pack<S>*>(master + i);
 #pragma unroll
       for (int k = 0; k < kILP; ++k) {
-        S vp = static_cast<S>(pp.v[k]), vg = static_cast<S>(gp.v[k]);
+        S vp = master ? m.v[k] : static_cast<S>(pp.v[k]), vg = static_cast<S>(gp.v[k]);
         op(vp, vg, a.v[k], b.v[k], c.v[k]);
-        pp.v[k] = static_cast<T>(vp);
+        m.v[k] = vp;
+        pp.v[k] = store_param<T>(vp, out, i + k);
         gp.v[k] = static_cast<T>(vg);
       }
       *reinterpret_cast<Pack<T>*>(p + i) = pp;
@@ -102,13 +132,15 @@ __device__ __forceinline__ void walk_chunk(T* p, T* g, S* s0, S* s1, S* s2, int6
       if (s0) *reinterpret_cast<Pack<S>*>(s0 + i) = a;
       if (s1) *reinterpret_cast<Pack<S>*>(s1 + i) = b;
       if (s2) *reinterpret_cast<Pack<S>*>(s2 + i) = c;
+      if (master) *reinterpret_cast<Pack<S>*>(master + i) = m;
     }
   } else {
     for (int64_t i = threadIdx.x; i < n; i += blockDim.x) {
-      S vp = static_cast<S>(p[i]), vg = static_cast<S>(g[i]);
+      S vp = master ? master[i] : static_cast<S>(p[i]), vg = static_cast<S>(g[i]);
       S a = s0 ? s0[i] : S(0), b = s1 ? s1[i] : S(0), c = s2 ? s2[i] : S(0);
       op(vp, vg, a, b, c);
-      p[i] = static_cast<T>(vp);
+      if (master) master[i] = vp;
+      p[i] = store_param<T>(vp, out, i);
       if (store_grad) g[i] = static_cast<T>(vg);
       if (s0) s0[i] = a;
       if (s1) s1[i] = b;
@@ -123,6 +155,7 @@ struct ChunkPtrs {
   T* p;
   T* g;
   S* s[3];
+  S* master;
   int64_t n;
   __device__ ChunkPtrs(const LaunchMeta& m, int slot, int64_t start) {
     n = m.numel[slot] - start;
@@ -130,6 +163,7 @@ struct ChunkPtrs {
     p = static_cast<T*>(m.param[slot]) + start;
     g = static_cast<T*>(m.grad[slot]) + start;
     for (int k = 0; k < 3; ++k) s[k] = m.state[k][slot] ? static_cast<S*>(m.state[k][slot]) + start : nullptr;
+    master = m.master[slot] ? static_cast<S*>(m.master[slot]) + start : nullptr;
   }
 };
 

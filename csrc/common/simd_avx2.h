@@ -85,8 +85,30 @@ struct Lanes<c10::BFloat16> {
     const __m256i bias = _mm256_add_epi32(lsb, _mm256_set1_epi32(0x7fff));
     __m256i r = _mm256_srli_epi32(_mm256_add_epi32(bits, bias), 16);
     const __m256i nan = _mm256_castps_si256(_mm256_cmp_ps(x.v, x.v, _CMP_UNORD_Q));
-    r = _mm256_blendv_epi8(r, _mm256_set1_epi32(0x7fc0), nan);
-    // Pack 8 x u32 (each < 2^16) into 8 x u16 in order.
+    pack_store(p, _mm256_blendv_epi8(r, _mm256_set1_epi32(0x7fc0), nan));
+  }
+  // Stochastic rounding, lane for lane the same as bf16_bits_stochastic(x,
+  // element_random(key, index + lane)) in rounding.h.
+  static void store_stochastic(c10::BFloat16* p, V x, uint32_t key, int64_t index) {
+    const __m256i lanes = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
+    __m256i h = _mm256_add_epi32(_mm256_set1_epi32(static_cast<int>(static_cast<uint32_t>(index))), lanes);
+    h = _mm256_add_epi32(_mm256_mullo_epi32(h, _mm256_set1_epi32(static_cast<int>(0x9e3779b1u))),
+                         _mm256_set1_epi32(static_cast<int>(key)));
+    h = _mm256_xor_si256(h, _mm256_srli_epi32(h, 16));
+    h = _mm256_mullo_epi32(h, _mm256_set1_epi32(0x7feb352d));
+    h = _mm256_xor_si256(h, _mm256_srli_epi32(h, 15));
+    h = _mm256_mullo_epi32(h, _mm256_set1_epi32(static_cast<int>(0x846ca68bu)));
+    h = _mm256_xor_si256(h, _mm256_srli_epi32(h, 16));
+    const __m256i bits = _mm256_castps_si256(x.v);
+    const __m256i exp_mask = _mm256_set1_epi32(0x7f800000);
+    const __m256i special = _mm256_cmpeq_epi32(_mm256_and_si256(bits, exp_mask), exp_mask);  // inf or NaN
+    const __m256i noise = _mm256_andnot_si256(special, _mm256_and_si256(h, _mm256_set1_epi32(0xffff)));
+    pack_store(p, _mm256_srli_epi32(_mm256_add_epi32(bits, noise), 16));
+  }
+
+ private:
+  // Stores 8 x u32 (each below 2^16) as 8 x u16, in order.
+  static void pack_store(c10::BFloat16* p, __m256i r) {
     const __m128i lo = _mm256_castsi256_si128(r), hi = _mm256_extracti128_si256(r, 1);
     _mm_storeu_si128(reinterpret_cast<__m128i*>(p), _mm_packus_epi32(lo, hi));
   }

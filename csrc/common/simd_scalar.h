@@ -4,6 +4,8 @@
 #include <c10/util/BFloat16.h>
 #include <c10/util/Half.h>
 
+#include "rounding.h"
+
 namespace fusedopt {
 namespace simd_scalar {
 
@@ -18,6 +20,10 @@ struct Lanes {
   static constexpr int N = 1;
   static V load(const T* p) { return static_cast<V>(*p); }
   static void store(T* p, V x) { *p = static_cast<T>(x); }
+  // bfloat16 only (see rounding.h).
+  static void store_stochastic(T* p, V x, uint32_t key, int64_t index) {
+    *p = c10::BFloat16(bf16_bits_stochastic(x, element_random(key, index)), c10::BFloat16::from_bits());
+  }
 };
 
 }  // namespace simd_scalar

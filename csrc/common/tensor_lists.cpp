@@ -15,7 +15,8 @@ static bool supported_dtype(c10::ScalarType dt) {
 }
 
 GroupView::GroupView(const char* op, at::TensorList params, at::TensorList grads,
-                     const std::vector<StateList>& states, at::TensorList steps, bool grads_mutated) {
+                     const std::vector<StateList>& states, at::TensorList masters, at::TensorList steps,
+                     bool grads_mutated) {
   const size_t n = params.size();
   TORCH_CHECK_VALUE(grads.size() == n, op, ": got ", n, " params but ", grads.size(), " grads");
   for (const auto& s : states) {
@@ -24,6 +25,8 @@ GroupView::GroupView(const char* op, at::TensorList params, at::TensorList grads
   }
   TORCH_CHECK_VALUE(steps.empty() || steps.size() == n, op, ": got ", n, " params but ", steps.size(),
                     " state_steps");
+  TORCH_CHECK_VALUE(masters.empty() || masters.size() == n, op, ": got ", n, " params but ", masters.size(),
+                    " master_params");
   TORCH_CHECK(states.size() <= 3, op, ": at most three state lists");
   if (n == 0) return;
 
@@ -32,6 +35,8 @@ GroupView::GroupView(const char* op, at::TensorList params, at::TensorList grads
   TORCH_CHECK_TYPE(supported_dtype(dtype_), op, ": params[0] has dtype ", dtype_,
                    "; supported are float32, float64, float16 and bfloat16");
   const auto sdt = state_dtype(dtype_);
+  TORCH_CHECK_TYPE(masters.empty() || sdt != dtype_, op, ": master_params are float32 copies of float16 or ",
+                   "bfloat16 params; these params are ", dtype_);
   refs_.reserve(n);
 
   for (size_t i = 0; i < n; ++i) {
@@ -65,6 +70,17 @@ GroupView::GroupView(const char* op, at::TensorList params, at::TensorList grads
       TORCH_CHECK(s.layout() == c10::kStrided, op, ": ", states[k].name, "[", i, "] is not a dense tensor");
       linear = linear && s.strides() == p.strides();
     }
+    if (!masters.empty()) {
+      const at::Tensor& m = masters[i];
+      TORCH_CHECK_TYPE(m.scalar_type() == c10::ScalarType::Float, op, ": master_params[", i, "] has dtype ",
+                       m.scalar_type(), "; master copies are float32");
+      TORCH_CHECK(m.device() == device_, op, ": master_params[", i, "] is on ", m.device(), " but its param is on ",
+                  device_);
+      TORCH_CHECK_VALUE(m.sizes() == p.sizes(), op, ": master_params[", i, "] has shape ", m.sizes(),
+                        " but its param has ", p.sizes());
+      TORCH_CHECK(m.layout() == c10::kStrided, op, ": master_params[", i, "] is not a dense tensor");
+      linear = linear && m.strides() == p.strides();
+    }
     if (!steps.empty()) {
       const at::Tensor& st = steps[i];
       TORCH_CHECK(st.numel() == 1 && st.scalar_type() == c10::ScalarType::Float, op, ": state_steps[", i,
@@ -87,6 +103,7 @@ GroupView::GroupView(const char* op, at::TensorList params, at::TensorList grads
     r.grad = pointer(g, grads_mutated);
     for (size_t k = 0; k < states.size(); ++k)
       r.state[k] = states[k].tensors.empty() ? nullptr : pointer(states[k].tensors[i], true);
+    r.master = masters.empty() ? nullptr : pointer(masters[i], true);
     refs_.push_back(r);
   }
 }

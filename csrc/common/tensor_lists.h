@@ -21,9 +21,10 @@ struct StateList {
 class GroupView {
  public:
   // op: the name used in error messages (e.g. "fusedopt.adam_").
+  // masters: float32 master copies of fp16/bf16 params, or empty.
   // grads_mutated: the op writes grads back (GradScaler unscaling).
   GroupView(const char* op, at::TensorList params, at::TensorList grads, const std::vector<StateList>& states,
-            at::TensorList steps, bool grads_mutated);
+            at::TensorList masters, at::TensorList steps, bool grads_mutated);
 
   bool empty() const { return refs_.empty(); }
   c10::ScalarType dtype() const { return dtype_; }

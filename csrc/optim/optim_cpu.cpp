@@ -15,9 +15,9 @@ namespace {
 struct CpuBackend {
   template <class Hyper>
   static void run(const char* op, at::TensorList params, at::TensorList grads, const std::vector<StateList>& states,
-                  at::TensorList steps, bool has_steps, const at::Tensor& lr, const OptTensor& grad_scale,
-                  const OptTensor& found_inf, const Hyper& h) {
-    GroupView view(op, params, grads, states, steps, grad_scale.has_value());
+                  at::TensorList masters, at::TensorList steps, bool has_steps, const at::Tensor& lr, OptSeed seed,
+                  const OptTensor& grad_scale, const OptTensor& found_inf, const Hyper& h) {
+    GroupView view(op, params, grads, states, masters, steps, grad_scale.has_value());
     TORCH_CHECK_VALUE(!has_steps || steps.size() == params.size(), op, ": got ", params.size(), " params but ",
                       steps.size(), " state_steps");
     const double lr_v = read_scalar(lr, op, "lr");
@@ -27,7 +27,8 @@ struct CpuBackend {
     if (view.empty()) return;
     for (const auto& r : view.refs())
       if (r.step) *r.step += 1.0f;
-    const GroupArgs args{view.dtype(), view.refs(), lr_v, inv_scale, grad_scale.has_value()};
+    const GroupArgs args{view.dtype(), view.refs(), lr_v, inv_scale, grad_scale.has_value(), seed.has_value(),
+                         static_cast<uint64_t>(seed.value_or(0))};
     (cpu_simd() == CpuSimd::Avx2 ? avx2::run<Hyper> : scalar::run<Hyper>)(args, h);
     view.write_back();
   }

@@ -2,6 +2,7 @@
 // optim_cpu_avx2.cpp and optim_cpu_scalar.cpp (no include guard on purpose).
 // The memory walk is cpu_loop.h, the math update_math.h; this file joins them.
 #include "../common/cpu_loop.h"
+#include "../common/rounding.h"
 #include "optim_kernels.h"
 
 namespace fusedopt {
@@ -30,7 +31,7 @@ void run(const GroupArgs& a, const Hyper& h) {
     using T = decltype(t);
     using S = decltype(s);
     for_each_tensor_span<T, S>(
-        a.tensors, a.store_grad,
+        a.tensors, a.store_grad, a.stochastic, [&](int64_t i) { return tensor_key(a.seed, i); },
         [&](int64_t i) {
           const float* step = a.tensors[i].step;
           return Op::template coeffs<S>(h, StepScalars{a.lr, step ? *step : 0.0, a.inv_grad_scale});

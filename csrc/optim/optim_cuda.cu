@@ -65,7 +65,8 @@ template <class Op, class T, class S>
 struct OptimFunctor {
   typename Op::Hyper h;
   DeviceScalar lr, grad_scale, found_inf;
-  bool store_grad;
+  bool store_grad, stochastic;
+  uint64_t seed;
 
   __device__ void operator()(const LaunchMeta& m, int slot, int64_t start) const {
     if (found_inf.get() != 0.0) return;
@@ -73,7 +74,9 @@ struct OptimFunctor {
     const double step = m.step[slot] ? static_cast<double>(*m.step[slot]) + 1.0 : 0.0;
     const auto c = Op::template coeffs<S>(h, StepScalars{lr.get(), step, 1.0 / grad_scale.get()});
     const ChunkPtrs<T, S> q(m, slot, start);
-    walk_chunk<T, S>(q.p, q.g, q.s[0], q.s[1], q.s[2], q.n, store_grad,
+    // The tensor's index in the whole call keys its random stream, as on the CPU.
+    const cuda::ParamStore out{stochastic, stochastic ? tensor_key(seed, m.tensor_index[slot]) : 0u, start};
+    walk_chunk<T, S>(q.p, q.g, q.s[0], q.s[1], q.s[2], q.master, q.n, store_grad, out,
                      [&](S& p, S& g, S& s0, S& s1, S& s2) { Op::update(p, g, s0, s1, s2, c); });
   }
 };
@@ -81,10 +84,10 @@ struct OptimFunctor {
 struct CudaBackend {
   template <class Hyper>
   static void run(const char* op, at::TensorList params, at::TensorList grads, const std::vector<StateList>& states,
-                  at::TensorList steps, bool has_steps, const at::Tensor& lr, const OptTensor& grad_scale,
-                  const OptTensor& found_inf, const Hyper& h) {
+                  at::TensorList masters, at::TensorList steps, bool has_steps, const at::Tensor& lr, OptSeed seed,
+                  const OptTensor& grad_scale, const OptTensor& found_inf, const Hyper& h) {
     using Op = typename OpFor<Hyper>::type;
-    GroupView view(op, params, grads, states, steps, grad_scale.has_value());
+    GroupView view(op, params, grads, states, masters, steps, grad_scale.has_value());
     TORCH_CHECK_VALUE(!has_steps || steps.size() == params.size(), op, ": got ", params.size(), " params but ",
                       steps.size(), " state_steps");
     if (view.empty()) return;
@@ -102,7 +105,9 @@ struct CudaBackend {
     dispatch_dtype(view.dtype(), [&](auto t, auto s) {
       using T = decltype(t);
       using S = decltype(s);
-      cuda::multi_tensor_apply(view.refs(), OptimFunctor<Op, T, S>{h, lr_s, scale_s, inf_s, grad_scale.has_value()});
+      cuda::multi_tensor_apply(view.refs(), OptimFunctor<Op, T, S>{h, lr_s, scale_s, inf_s, grad_scale.has_value(),
+                                                                   seed.has_value(),
+                                                                   static_cast<uint64_t>(seed.value_or(0))});
     });
     if (has_steps) cuda::bump_steps(view.refs(), inf_s.ptr);
     view.write_back();

@@ -19,6 +19,8 @@ struct GroupArgs {
   double lr;
   double inv_grad_scale;  // 1 without a GradScaler
   bool store_grad;        // write the unscaled grad back (GradScaler path)
+  bool stochastic;        // stochastic rounding of bf16 params (rounding.h)
+  uint64_t seed;          // its random stream for this call
 };
 
 // run<XHyper>(args, hyper) updates every tensor of the group with optimizer X.

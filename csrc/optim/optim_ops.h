@@ -1,8 +1,12 @@
 #pragma once
 // Each optimizer op's schema arguments (registration.cpp), mapped onto the generic
 // multi-tensor step: which lists are states (and which may be empty), which scalars
-// form the Hyper struct. Written once; optim_cpu.cpp and optim_cuda.cu register
-// these with their Backend, whose run<Hyper>(...) does the rest.
+// form the Hyper struct. Written once; optim_cpu.cpp and optim_cuda.cu register these
+// with their Backend, whose run(...) does the rest.
+//
+// Every op ends with the same four arguments: master_params (float32 copies of
+// fp16/bf16 params, or empty), stochastic_rounding_seed (bf16 params are rounded
+// stochastically when set), grad_scale and found_inf (GradScaler).
 #include <ATen/core/Tensor.h>
 
 #include <optional>
@@ -14,25 +18,26 @@ namespace fusedopt {
 namespace optim {
 
 using OptTensor = std::optional<at::Tensor>;
+using OptSeed = std::optional<int64_t>;
 
 template <class Backend>
 void adam_(at::TensorList params, at::TensorList grads, at::TensorList exp_avgs, at::TensorList exp_avg_sqs,
            at::TensorList max_exp_avg_sqs, at::TensorList state_steps, const at::Tensor& lr, double beta1, double beta2,
            double weight_decay, double eps, bool amsgrad, bool maximize, bool decoupled_weight_decay,
-           const OptTensor& grad_scale, const OptTensor& found_inf) {
-  Backend::run("fusedopt.adam_", params, grads,
-               {{"exp_avgs", exp_avgs, true}, {"exp_avg_sqs", exp_avg_sqs, true},
-                {"max_exp_avg_sqs", max_exp_avg_sqs, amsgrad}},
-               state_steps, true, lr, grad_scale, found_inf,
-               AdamHyper{beta1, beta2, eps, weight_decay, amsgrad, maximize, decoupled_weight_decay});
+           at::TensorList master_params, OptSeed seed, const OptTensor& grad_scale, const OptTensor& found_inf) {
+  const std::vector<StateList> states = {{"exp_avgs", exp_avgs, true},
+                                         {"exp_avg_sqs", exp_avg_sqs, true},
+                                         {"max_exp_avg_sqs", max_exp_avg_sqs, amsgrad}};
+  Backend::run("fusedopt.adam_", params, grads, states, master_params, state_steps, true, lr, seed, grad_scale,
+               found_inf, AdamHyper{beta1, beta2, eps, weight_decay, amsgrad, maximize, decoupled_weight_decay});
 }
 
 template <class Backend>
 void sgd_(at::TensorList params, at::TensorList grads, at::TensorList momentum_buffers, const at::Tensor& lr,
           double momentum, double dampening, double weight_decay, bool nesterov, bool maximize, bool is_first_step,
-          const OptTensor& grad_scale, const OptTensor& found_inf) {
-  Backend::run("fusedopt.sgd_", params, grads, {{"momentum_buffers", momentum_buffers, momentum != 0}}, {}, false,
-               lr, grad_scale, found_inf,
+          at::TensorList master_params, OptSeed seed, const OptTensor& grad_scale, const OptTensor& found_inf) {
+  const std::vector<StateList> states = {{"momentum_buffers", momentum_buffers, momentum != 0}};
+  Backend::run("fusedopt.sgd_", params, grads, states, master_params, {}, false, lr, seed, grad_scale, found_inf,
                SgdHyper{momentum, dampening, weight_decay, nesterov, maximize, is_first_step});
 }
 
@@ -40,37 +45,40 @@ template <class Backend>
 void rmsprop_(at::TensorList params, at::TensorList grads, at::TensorList square_avgs,
               at::TensorList momentum_buffers, at::TensorList grad_avgs, at::TensorList state_steps,
               const at::Tensor& lr, double alpha, double eps, double weight_decay, double momentum, bool centered,
-              bool maximize, const OptTensor& grad_scale, const OptTensor& found_inf) {
-  Backend::run("fusedopt.rmsprop_", params, grads,
-               {{"square_avgs", square_avgs, true}, {"momentum_buffers", momentum_buffers, momentum > 0},
-                {"grad_avgs", grad_avgs, centered}},
-               state_steps, true, lr, grad_scale, found_inf,
-               RmspropHyper{alpha, eps, weight_decay, momentum, centered, maximize});
+              bool maximize, at::TensorList master_params, OptSeed seed, const OptTensor& grad_scale,
+              const OptTensor& found_inf) {
+  const std::vector<StateList> states = {{"square_avgs", square_avgs, true},
+                                         {"momentum_buffers", momentum_buffers, momentum > 0},
+                                         {"grad_avgs", grad_avgs, centered}};
+  Backend::run("fusedopt.rmsprop_", params, grads, states, master_params, state_steps, true, lr, seed, grad_scale,
+               found_inf, RmspropHyper{alpha, eps, weight_decay, momentum, centered, maximize});
 }
 
 template <class Backend>
 void adagrad_(at::TensorList params, at::TensorList grads, at::TensorList state_sums, at::TensorList state_steps,
               const at::Tensor& lr, double lr_decay, double weight_decay, double eps, bool maximize,
-              const OptTensor& grad_scale, const OptTensor& found_inf) {
-  Backend::run("fusedopt.adagrad_", params, grads, {{"state_sums", state_sums, true}}, state_steps, true, lr,
-               grad_scale, found_inf, AdagradHyper{lr_decay, weight_decay, eps, maximize});
+              at::TensorList master_params, OptSeed seed, const OptTensor& grad_scale, const OptTensor& found_inf) {
+  const std::vector<StateList> states = {{"state_sums", state_sums, true}};
+  Backend::run("fusedopt.adagrad_", params, grads, states, master_params, state_steps, true, lr, seed, grad_scale,
+               found_inf, AdagradHyper{lr_decay, weight_decay, eps, maximize});
 }
 
 template <class Backend>
 void adadelta_(at::TensorList params, at::TensorList grads, at::TensorList square_avgs, at::TensorList acc_deltas,
                at::TensorList state_steps, const at::Tensor& lr, double rho, double eps, double weight_decay,
-               bool maximize, const OptTensor& grad_scale, const OptTensor& found_inf) {
-  Backend::run("fusedopt.adadelta_", params, grads,
-               {{"square_avgs", square_avgs, true}, {"acc_deltas", acc_deltas, true}}, state_steps, true, lr,
-               grad_scale, found_inf, AdadeltaHyper{rho, eps, weight_decay, maximize});
+               bool maximize, at::TensorList master_params, OptSeed seed, const OptTensor& grad_scale,
+               const OptTensor& found_inf) {
+  const std::vector<StateList> states = {{"square_avgs", square_avgs, true}, {"acc_deltas", acc_deltas, true}};
+  Backend::run("fusedopt.adadelta_", params, grads, states, master_params, state_steps, true, lr, seed, grad_scale,
+               found_inf, AdadeltaHyper{rho, eps, weight_decay, maximize});
 }
 
 // Registers every optimizer op with one backend: FO_REGISTER_OPTIM_OPS(m, CpuBackend).
-#define FO_REGISTER_OPTIM_OPS(m, Backend)                            \
-  m.impl("adam_", &::fusedopt::optim::adam_<Backend>);              \
-  m.impl("sgd_", &::fusedopt::optim::sgd_<Backend>);                \
-  m.impl("rmsprop_", &::fusedopt::optim::rmsprop_<Backend>);        \
-  m.impl("adagrad_", &::fusedopt::optim::adagrad_<Backend>);        \
+#define FO_REGISTER_OPTIM_OPS(m, Backend)                     \
+  m.impl("adam_", &::fusedopt::optim::adam_<Backend>);       \
+  m.impl("sgd_", &::fusedopt::optim::sgd_<Backend>);         \
+  m.impl("rmsprop_", &::fusedopt::optim::rmsprop_<Backend>); \
+  m.impl("adagrad_", &::fusedopt::optim::adagrad_<Backend>); \
   m.impl("adadelta_", &::fusedopt::optim::adadelta_<Backend>)
 
 }  // namespace optim

@@ -65,6 +65,10 @@ def call_op(name: str, plain: bool, *args) -> None:
 
 _PLAIN_TYPES = (Tensor, torch.nn.Parameter)
 
+# fusedopt's own constructor options, on top of the torch.optim twin's.
+_OPTIONS = ("master_weights", "stochastic_rounding")
+_HALF = (torch.float16, torch.bfloat16)
+
 
 def _kernel_view(t: Tensor) -> Tensor:
     # Complex tensors update as their real and imaginary parts, as in torch.optim.
@@ -83,13 +87,16 @@ class _Bucket:
         self.steps = []
         self.is_complex = False
         self.plain = True  # only plain tensors/Parameters: the fast eager entry applies
+        self.masters = []  # float32 master copies (master_weights=True, fp16/bf16 params)
+        self.stochastic = False
 
 
 class _Plan:
-    def __init__(self, params_ref, state_keys, buckets, pending):
+    def __init__(self, params_ref, state_keys, buckets, pending, options):
         self.params_ref = params_ref
         self.n = len(params_ref)
         self.state_keys = state_keys
+        self.options = options
         self.buckets = buckets
         self.pending = pending  # params with no state yet, waiting for their first grad
 
@@ -101,9 +108,17 @@ class FusedOptimizerMixin:
     _state_keys(group) -> the state name of each of the op's state slots, in order,
         None for a slot the group's options leave unused;
     _init_state(group, p, state) -> fills a new param's state like torch does;
-    _launch(group, plain, params, grads, states, steps, grad_scale, found_inf, first_step)
-        -> calls call_op(name, plain, ...). first_step is True for params whose state
-        was created since their last update (SGD starts its buffer from the grad).
+    _launch(group, plain, params, grads, states, steps, first_step, tail)
+        -> calls call_op(name, plain, ..., *tail). first_step is True for params whose
+        state was created since their last update (SGD starts its buffer from the grad);
+        tail holds the arguments every op ends with (master copies, rounding seed,
+        GradScaler tensors).
+
+    On top of torch's options, every fused optimizer takes two for fp16/bf16 params:
+    master_weights=True keeps a float32 copy of each such param in its state
+    ("master_param", saved in the state_dict), updates that copy and writes the param
+    back rounded from it; stochastic_rounding=True rounds bf16 params stochastically,
+    so that updates smaller than bf16's precision still count on average.
     """
 
     # GradScaler passes grad_scale/found_inf to step() instead of unscaling itself.
@@ -114,9 +129,11 @@ class FusedOptimizerMixin:
         torch_class = next((c for c in cls.__mro__ if c.__module__.startswith("torch.optim")), None)
         if torch_class is not None:  # intermediate mixins (e.g. _AdamImpl) have none yet
             cls._torch_class = torch_class
-            cls.__signature__ = inspect.signature(torch_class)
+            sig = inspect.signature(torch_class)
+            extra = [inspect.Parameter(k, inspect.Parameter.KEYWORD_ONLY, default=False) for k in _OPTIONS]
+            cls.__signature__ = sig.replace(parameters=[*sig.parameters.values(), *extra])
 
-    def __init__(self, *args, **kwargs):
+    def __init__(self, *args, master_weights=False, stochastic_rounding=False, **kwargs):
         name = self._torch_class.__name__
         bound = inspect.signature(self._torch_class).bind(*args, **kwargs)
         if bound.arguments.get("differentiable", False):
@@ -127,7 +144,23 @@ class FusedOptimizerMixin:
         # `foreach` and `fused` stay in the param groups (so a saved state_dict means the
         # same to torch) but change nothing here: every step runs fusedopt's kernels.
         super().__init__(*args, **kwargs)
+        self.defaults.update(master_weights=bool(master_weights), stochastic_rounding=bool(stochastic_rounding))
+        self._fill_option_defaults()
         self._normalize_state()
+
+    def _next_seed(self):
+        """A fresh seed per stochastic-rounding call. The base comes from torch's global
+        generator on first use, so runs under torch.manual_seed are reproducible."""
+        d = self.__dict__
+        if "_sr_base" not in d:
+            d["_sr_base"], d["_sr_calls"] = int(torch.randint(0, 2**62, ()).item()), 0
+        d["_sr_calls"] += 1
+        return (d["_sr_base"] + d["_sr_calls"] * 0x9E3779B97F4A7C15) % 2**63
+
+    def _fill_option_defaults(self):
+        for group in self.param_groups:
+            for k in _OPTIONS:
+                group.setdefault(k, self.defaults.get(k, False))
 
     # -- plans -----------------------------------------------------------------------
     def _fused_plans(self):
@@ -145,6 +178,7 @@ class FusedOptimizerMixin:
             and plan.params_ref is params
             and plan.n == len(params)
             and plan.state_keys == self._state_keys(group)
+            and plan.options == tuple(group.get(k, False) for k in _OPTIONS)
             and not any(p.grad is not None for p in plan.pending)
         ):
             return plan
@@ -168,11 +202,19 @@ class FusedOptimizerMixin:
                 if k is not None and k not in state:  # e.g. an option switched on mid-training
                     state[k] = zeros_state(p)
                     fresh = True
+            master = group.get("master_weights", False) and p.dtype in _HALF
+            if master and "master_param" not in state:
+                state["master_param"] = p.detach().to(torch.float32, memory_format=torch.preserve_format)
             b = buckets.get((p.device, p.dtype))
             if b is None:
                 b = buckets[(p.device, p.dtype)] = _Bucket(p.device)
                 b.states = [[] for _ in keys]
                 b.is_complex = p.is_complex()
+                if group.get("stochastic_rounding", False) and p.dtype == torch.float16:
+                    raise ValueError(
+                        "stochastic_rounding=True rounds bfloat16 params; for float16 params use master_weights=True"
+                    )
+                b.stochastic = group.get("stochastic_rounding", False) and p.dtype == torch.bfloat16
             if fresh:
                 b.fresh.add(len(b.params))
             b.params.append(p)
@@ -183,14 +225,34 @@ class FusedOptimizerMixin:
                     lst.append(_kernel_view(state[k]))
             if "step" in state:
                 b.steps.append(state["step"])
-        return _Plan(group["params"], keys, list(buckets.values()), pending)
+            if master:
+                b.masters.append(state["master_param"])
+        return _Plan(group["params"], keys, list(buckets.values()), pending, tuple(group.get(k, False) for k in _OPTIONS))
 
     def add_param_group(self, param_group):
         super().add_param_group(param_group)
         self._fused_plans().clear()
 
     def load_state_dict(self, state_dict):
+        # torch casts every floating state tensor to its param's dtype; for fp16/bf16
+        # params that would round fusedopt's float32 state (and master copies). Keep the
+        # saved float32 tensors instead.
+        params_by_id = {
+            pid: p
+            for saved, group in zip(state_dict["param_groups"], self.param_groups)
+            for pid, p in zip(saved["params"], group["params"])
+        }
+        precise = {
+            params_by_id[pid]: {k: v for k, v in st.items() if isinstance(v, Tensor) and v.dtype == torch.float32}
+            for pid, st in state_dict["state"].items()
+            if pid in params_by_id and params_by_id[pid].dtype in _HALF
+        }
         super().load_state_dict(state_dict)
+        for p, entries in precise.items():
+            for k, v in entries.items():
+                if k != "step":
+                    self.state[p][k] = v.detach().to(device=p.device, copy=True)
+        self._fill_option_defaults()  # a torch checkpoint has no fusedopt options
         self._normalize_state()
 
     def _normalize_state(self):
@@ -226,7 +288,8 @@ class FusedOptimizerMixin:
                 if b.fresh or any(g is None for g in grads):
                     self._step_subsets(group, b, grads, grad_scale, found_inf)
                 else:
-                    self._run_bucket(group, b, b.kernel_params, grads, b.states, b.steps, grad_scale, found_inf, False)
+                    self._run_bucket(group, b, b.kernel_params, grads, b.states, b.steps, b.masters, grad_scale,
+                                     found_inf, False)
         return loss
 
     def _step_subsets(self, group, b, grads, grad_scale, found_inf):
@@ -240,16 +303,19 @@ class FusedOptimizerMixin:
             self._run_bucket(
                 group, b, [b.kernel_params[i] for i in idx], [grads[i] for i in idx],
                 [[s[i] for i in idx] if s else s for s in b.states], [b.steps[i] for i in idx] if b.steps else b.steps,
-                grad_scale, found_inf, first,
+                [b.masters[i] for i in idx] if b.masters else b.masters, grad_scale, found_inf, first,
             )
         b.fresh.difference_update(keep)
 
-    def _run_bucket(self, group, b, params, grads, states, steps, grad_scale, found_inf, first_step):
+    def _run_bucket(self, group, b, params, grads, states, steps, masters, grad_scale, found_inf, first_step):
         if b.is_complex:
             grads = [torch.view_as_real(g) if g.is_complex() else g for g in grads]
         if grad_scale is not None and grad_scale.device != b.device:
             grad_scale = grad_scale.to(b.device)
         if found_inf is not None and found_inf.device != b.device:
             found_inf = found_inf.to(b.device)
+        seed = self._next_seed() if b.stochastic else None
         plain = b.plain and type(grads[0]) is Tensor
-        self._launch(group, plain, params, grads, states, steps, grad_scale, found_inf, first_step)
+        # Every op ends with these four arguments (csrc/registration.cpp).
+        tail = (masters, seed, grad_scale, found_inf)
+        self._launch(group, plain, params, grads, states, steps, first_step, tail)

@@ -16,9 +16,9 @@ class Adadelta(FusedOptimizerMixin, torch.optim.Adadelta):
         state["square_avg"] = zeros_state(p)
         state["acc_delta"] = zeros_state(p)
 
-    def _launch(self, group, plain, params, grads, states, steps, grad_scale, found_inf, first_step):
+    def _launch(self, group, plain, params, grads, states, steps, first_step, tail):
         call_op(
             "adadelta_", plain, params, grads, states[0], states[1], steps, lr_tensor(group["lr"]),
             as_float(group["rho"]), as_float(group["eps"]), as_float(group["weight_decay"]), group["maximize"],
-            grad_scale, found_inf,
+            *tail,
         )

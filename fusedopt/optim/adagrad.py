@@ -17,8 +17,8 @@ class Adagrad(FusedOptimizerMixin, torch.optim.Adagrad):
         state["sum"] = torch.full_like(p, group["initial_accumulator_value"], memory_format=torch.preserve_format,
                                        dtype=state_dtype(p))
 
-    def _launch(self, group, plain, params, grads, states, steps, grad_scale, found_inf, first_step):
+    def _launch(self, group, plain, params, grads, states, steps, first_step, tail):
         call_op(
             "adagrad_", plain, params, grads, states[0], steps, lr_tensor(group["lr"]), as_float(group["lr_decay"]),
-            as_float(group["weight_decay"]), as_float(group["eps"]), group["maximize"], grad_scale, found_inf,
+            as_float(group["weight_decay"]), as_float(group["eps"]), group["maximize"], *tail,
         )

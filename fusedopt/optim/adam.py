@@ -15,12 +15,12 @@ class _AdamImpl(FusedOptimizerMixin):
         if group["amsgrad"]:
             state["max_exp_avg_sq"] = zeros_state(p)
 
-    def _launch(self, group, plain, params, grads, states, steps, grad_scale, found_inf, first_step):
+    def _launch(self, group, plain, params, grads, states, steps, first_step, tail):
         beta1, beta2 = group["betas"]
         call_op(
             "adam_", plain, params, grads, states[0], states[1], states[2], steps, lr_tensor(group["lr"]),
             as_float(beta1), as_float(beta2), as_float(group["weight_decay"]), as_float(group["eps"]),
-            group["amsgrad"], group["maximize"], group.get("decoupled_weight_decay", False), grad_scale, found_inf,
+            group["amsgrad"], group["maximize"], group.get("decoupled_weight_decay", False), *tail,
         )
 
 

@@ -20,9 +20,9 @@ class RMSprop(FusedOptimizerMixin, torch.optim.RMSprop):
         if group["centered"]:
             state["grad_avg"] = zeros_state(p)
 
-    def _launch(self, group, plain, params, grads, states, steps, grad_scale, found_inf, first_step):
+    def _launch(self, group, plain, params, grads, states, steps, first_step, tail):
         call_op(
             "rmsprop_", plain, params, grads, states[0], states[1], states[2], steps, lr_tensor(group["lr"]),
             as_float(group["alpha"]), as_float(group["eps"]), as_float(group["weight_decay"]),
-            as_float(group["momentum"]), group["centered"], group["maximize"], grad_scale, found_inf,
+            as_float(group["momentum"]), group["centered"], group["maximize"], *tail,
         )

@@ -16,9 +16,9 @@ class SGD(FusedOptimizerMixin, torch.optim.SGD):
         if group["momentum"] != 0:
             state["momentum_buffer"] = zeros_state(p)  # overwritten by the first step
 
-    def _launch(self, group, plain, params, grads, states, steps, grad_scale, found_inf, first_step):
+    def _launch(self, group, plain, params, grads, states, steps, first_step, tail):
         call_op(
             "sgd_", plain, params, grads, states[0], lr_tensor(group["lr"]), as_float(group["momentum"]),
             as_float(group["dampening"]), as_float(group["weight_decay"]), group["nesterov"], group["maximize"],
-            first_step, grad_scale, found_inf,
+            first_step, *tail,
         )

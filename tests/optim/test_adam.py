@@ -304,7 +304,7 @@ def test_adam_op_passes_opcheck():
     vmax = [vv + 0.1 for vv in v]
     steps = [torch.tensor(3.0) for _ in n]
     args = (params, grads, m, v, vmax, steps, torch.tensor(1e-2, dtype=torch.float64), 0.9, 0.999, 0.01, 1e-8,
-            True, False, True, None, None)
+            True, False, True, [], None, None, None)
     torch.library.opcheck(torch.ops.fusedopt.adam_.default, args)
 
 
@@ -367,20 +367,20 @@ def test_adam_op_rejects_mismatched_lists_before_writing():
     lr = torch.tensor(1e-2, dtype=torch.float64)
     with pytest.raises(ValueError, match=r"grads\[1\] has shape"):
         torch.ops.fusedopt.adam_(params, grads, states(), states(), [], steps, lr, 0.9, 0.999, 0.0, 1e-8, False, False,
-                                 False)
+                                 False, [], None)
     with pytest.raises(ValueError, match="1 exp_avgs"):
         torch.ops.fusedopt.adam_(params, [torch.randn(4), torch.randn(5)], [torch.zeros(4)], states(), [], steps, lr,
-                                 0.9, 0.999, 0.0, 1e-8, False, False, False)
+                                 0.9, 0.999, 0.0, 1e-8, False, False, False, [], None)
     with pytest.raises(TypeError, match=r"grads\[0\] has dtype Double"):
         torch.ops.fusedopt.adam_(params, [torch.randn(4, dtype=torch.float64), torch.randn(5)], states(), states(), [],
-                                 steps, lr, 0.9, 0.999, 0.0, 1e-8, False, False, False)
+                                 steps, lr, 0.9, 0.999, 0.0, 1e-8, False, False, False, [], None)
     with pytest.raises(TypeError, match=r"exp_avgs\[1\] has dtype Half"):
         torch.ops.fusedopt.adam_(params, [torch.randn(4), torch.randn(5)], [torch.zeros(4), torch.zeros(5).half()],
-                                 states(), [], steps, lr, 0.9, 0.999, 0.0, 1e-8, False, False, False)
+                                 states(), [], steps, lr, 0.9, 0.999, 0.0, 1e-8, False, False, False, [], None)
     with pytest.raises(TypeError, match="supported are float32"):
         torch.ops.fusedopt.adam_([torch.zeros(3, dtype=torch.int32)], [torch.zeros(3, dtype=torch.int32)],
                                  [torch.zeros(3)], [torch.zeros(3)], [], [torch.tensor(0.0)], lr, 0.9, 0.999, 0.0,
-                                 1e-8, False, False, False)
+                                 1e-8, False, False, False, [], None)
     assert all(torch.equal(a, b) for a, b in zip(params, snapshot))
     assert all(s.item() == 0.0 for s in steps)
 

@@ -183,11 +183,11 @@ def _op_args(kind):
     steps = [torch.tensor(2.0) for _ in n]
     lr = torch.tensor(0.01, dtype=torch.float64)
     return {
-        "sgd_": (r(), r(), r(), lr, 0.9, 0.1, 0.01, False, False, False, None, None),
+        "sgd_": (r(), r(), r(), lr, 0.9, 0.1, 0.01, False, False, False, [], None, None, None),
         "rmsprop_": (r(), r(), [x + 1 for x in pos()], r(), [0.1 * x for x in r()], steps, lr, 0.9, 1e-8, 0.01, 0.9,
-                     True, False, None, None),
-        "adagrad_": (r(), r(), pos(), steps, lr, 0.01, 0.01, 1e-10, False, None, None),
-        "adadelta_": (r(), r(), pos(), pos(), steps, lr, 0.9, 1e-6, 0.01, True, None, None),
+                     True, False, [], None, None, None),
+        "adagrad_": (r(), r(), pos(), steps, lr, 0.01, 0.01, 1e-10, False, [], None, None, None),
+        "adadelta_": (r(), r(), pos(), pos(), steps, lr, 0.9, 1e-6, 0.01, True, [], None, None, None),
     }[kind]
 
 
