@@ -73,13 +73,17 @@ void adadelta_(at::TensorList params, at::TensorList grads, at::TensorList squar
                found_inf, AdadeltaHyper{rho, eps, weight_decay, maximize});
 }
 
+// X(name) for every optimizer op above.
+#define FO_FOR_EACH_OPTIM_OP(X) X(adam_) X(sgd_) X(rmsprop_) X(adagrad_) X(adadelta_)
+
 // Registers every optimizer op with one backend: FO_REGISTER_OPTIM_OPS(m, CpuBackend).
-#define FO_REGISTER_OPTIM_OPS(m, Backend)                     \
-  m.impl("adam_", &::fusedopt::optim::adam_<Backend>);       \
-  m.impl("sgd_", &::fusedopt::optim::sgd_<Backend>);         \
-  m.impl("rmsprop_", &::fusedopt::optim::rmsprop_<Backend>); \
-  m.impl("adagrad_", &::fusedopt::optim::adagrad_<Backend>); \
-  m.impl("adadelta_", &::fusedopt::optim::adadelta_<Backend>)
+#define FO_REGISTER_OPTIM_OP_(name) m_.impl(#name, &::fusedopt::optim::name<Backend_>);
+#define FO_REGISTER_OPTIM_OPS(m, Backend) \
+  do {                                    \
+    auto& m_ = m;                         \
+    using Backend_ = Backend;             \
+    FO_FOR_EACH_OPTIM_OP(FO_REGISTER_OPTIM_OP_) \
+  } while (0)
 
 }  // namespace optim
 }  // namespace fusedopt
