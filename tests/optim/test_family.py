@@ -253,3 +253,21 @@ def test_adagrad_param_group_added_later_gets_state():
     set_grads([a + b], seed=1)
     opt.step()
     assert opt.state[b[0]]["step"].item() == 1.0
+
+
+@pytest.mark.parametrize("entry", ["torch.ops", "fast_call"])
+def test_in_place_update_bumps_version_counters(entry):
+    """A step must invalidate graphs that saved the params, as torch's in-place ops do."""
+    w = torch.randn(4, requires_grad=True)
+    y = (w * w).sum()  # saves w for backward
+    args = ([w.detach()], [torch.randn(4)], [], torch.tensor(0.1, dtype=torch.float64), 0.0, 0.0, 0.0, False, False,
+            False, [], None, None, None)
+    before = w._version
+    with torch.no_grad():
+        if entry == "torch.ops":
+            torch.ops.fusedopt.sgd_(*args)
+        else:
+            fusedopt._C.fast_call("sgd_", *args)
+    assert w._version > before
+    with pytest.raises(RuntimeError, match="modified by an inplace operation"):
+        y.backward()
