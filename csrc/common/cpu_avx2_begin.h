@@ -18,6 +18,7 @@
 #include <type_traits>
 #include <vector>
 
+#include "dispatch.h"
 #include "multi_tensor.h"
 
 #if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))

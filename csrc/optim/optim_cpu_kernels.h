@@ -2,6 +2,7 @@
 // optim_cpu_avx2.cpp and optim_cpu_scalar.cpp (no include guard on purpose).
 // The memory walk is cpu_loop.h, the math update_math.h; this file joins them.
 #include "../common/cpu_loop.h"
+#include "../common/dispatch.h"
 #include "../common/rounding.h"
 #include "optim_kernels.h"
 
@@ -10,19 +11,6 @@ namespace optim {
 namespace FO_CPU_NS {
 
 using fusedopt::FO_CPU_NS::for_each_tensor_span;
-
-// Calls body(T{}, S{}) with the param type T and the math/state type S of the group's
-// dtype (the op layer has already rejected other dtypes).
-template <class Body>
-void dispatch_dtype(c10::ScalarType dt, const Body& body) {
-  switch (dt) {
-    case c10::ScalarType::Float: return body(float{}, float{});
-    case c10::ScalarType::Double: return body(double{}, double{});
-    case c10::ScalarType::BFloat16: return body(c10::BFloat16{}, float{});
-    case c10::ScalarType::Half: return body(c10::Half{}, float{});
-    default: break;
-  }
-}
 
 template <class Hyper>
 void run(const GroupArgs& a, const Hyper& h) {

@@ -7,6 +7,7 @@
 #include <c10/util/Half.h>
 #include <torch/library.h>
 
+#include "../common/dispatch.h"
 #include "../common/multi_tensor_apply.cuh"
 #include "../common/tensor_lists.h"
 #include "optim_ops.h"
@@ -46,18 +47,6 @@ class ScalarArgs {
  private:
   std::vector<at::Tensor> holders_;  // keeps float32 copies alive until the launches are queued
 };
-
-// Calls body(T{}, S{}) for the group's param type T and math/state type S.
-template <class Body>
-void dispatch_dtype(c10::ScalarType dt, const Body& body) {
-  switch (dt) {
-    case c10::ScalarType::Float: return body(float{}, float{});
-    case c10::ScalarType::Double: return body(double{}, double{});
-    case c10::ScalarType::BFloat16: return body(c10::BFloat16{}, float{});
-    case c10::ScalarType::Half: return body(c10::Half{}, float{});
-    default: break;
-  }
-}
 
 // One chunk of one tensor: per-tensor coefficients from the device scalars, then the
 // optimizer's update over every element.

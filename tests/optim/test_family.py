@@ -207,7 +207,11 @@ def test_fast_entry_matches_torch_ops(op):
             assert all(torch.equal(u, v) for u, v in zip(x, y))
 
 
+ADAM_BAD = [dict(lr=-1.0), dict(eps=-1e-8), dict(betas=(1.0, 0.999)), dict(betas=(0.9, -0.1)),
+            dict(weight_decay=-0.1), dict(lr=torch.tensor([1e-3, 1e-3])), dict(foreach=True, fused=True)]
 BAD = {
+    "Adam": ADAM_BAD,
+    "AdamW": ADAM_BAD,
     "SGD": [dict(lr=-0.1), dict(lr=0.1, momentum=-0.5), dict(lr=0.1, weight_decay=-1.0),
             dict(lr=0.1, nesterov=True), dict(lr=0.1, momentum=0.9, dampening=0.1, nesterov=True)],
     "RMSprop": [dict(lr=-1.0), dict(eps=-1.0), dict(momentum=-1.0), dict(weight_decay=-1.0), dict(alpha=-0.1)],
