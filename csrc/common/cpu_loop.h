@@ -25,7 +25,7 @@ struct ParamStore {
 // every element.
 template <class T, class S, class Op>
 inline void elementwise(T* p, T* g, S* s0, S* s1, S* s2, S* master, int64_t n, bool store_grad,
-                        const ParamStore& out, const Op& op) {
+                        const ParamStore& out, const Op op) {
   using L = Lanes<T>;
   using LS = Lanes<S>;
   using V = typename L::V;
@@ -33,7 +33,10 @@ inline void elementwise(T* p, T* g, S* s0, S* s1, S* s2, S* master, int64_t n, b
   constexpr int N = L::N;
   static_assert(LS::N == N, "state lanes must match param lanes");
 
-  auto block = [&](T* pp, T* gg, S* a, S* b, S* c, S* m, int64_t index) {
+  // op is taken and captured by value: it carries the tensor's coefficients, and a
+  // by-reference capture made the compiler reload them (through a pointer) after every
+  // store, as p and the states might alias them; measured 1.5x slower for SGD.
+  auto block = [=, &out](T* pp, T* gg, S* a, S* b, S* c, S* m, int64_t index) {
     V vp = m ? LS::load(m) : L::load(pp), vg = L::load(gg);
     V va = a ? LS::load(a) : V(0), vb = b ? LS::load(b) : V(0), vc = c ? LS::load(c) : V(0);
     op(vp, vg, va, vb, vc);
@@ -109,7 +112,7 @@ inline void for_each_tensor_span(const std::vector<Refs>& refs, bool store_grad,
       const ParamStore out{stochastic, stochastic ? key(t) : 0u, b};
       elementwise<T, S>(static_cast<T*>(r.param) + b, static_cast<T*>(r.grad) + b, ptr(r.state[0]), ptr(r.state[1]),
                         ptr(r.state[2]), ptr(r.master), e - b, store_grad, out,
-                        [&](auto& p, auto& g, auto& s0, auto& s1, auto& s2) { update(p, g, s0, s1, s2, c); });
+                        [c, update](auto& p, auto& g, auto& s0, auto& s1, auto& s2) { update(p, g, s0, s1, s2, c); });
     });
   });
 }
