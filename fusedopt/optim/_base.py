@@ -8,8 +8,8 @@ a plan touches every param; a step with an unchanged plan only reads the grads, 
 Python costs a few dozen nanoseconds per tensor and the kernels do the rest.
 
 The plan is rebuilt when the group's param list changes, when a param gets its first
-grad, when an option that adds or removes a state buffer changes, and after
-load_state_dict. Replacing a state tensor by hand (opt.state[p]["exp_avg"] = t) is not
+grad, when an option that adds or removes a state buffer (or master copy) changes, and
+after load_state_dict. Replacing a state tensor by hand (opt.state[p]["exp_avg"] = t) is not
 seen; change state in place, or call `opt.load_state_dict`.
 """
 import inspect
@@ -20,9 +20,12 @@ from torch import Tensor
 from .. import _C
 
 
+_HALF = (torch.float16, torch.bfloat16)
+
+
 def state_dtype(p: Tensor) -> torch.dtype:
     """fp16/bf16 params keep float32 optimizer state; other dtypes keep their own."""
-    return torch.float32 if p.dtype in (torch.float16, torch.bfloat16) else p.dtype
+    return torch.float32 if p.dtype in _HALF else p.dtype
 
 
 def zeros_state(p: Tensor) -> Tensor:
@@ -67,7 +70,6 @@ _PLAIN_TYPES = (Tensor, torch.nn.Parameter)
 
 # fusedopt's own constructor options, on top of the torch.optim twin's.
 _OPTIONS = ("master_weights", "stochastic_rounding")
-_HALF = (torch.float16, torch.bfloat16)
 
 
 def _kernel_view(t: Tensor) -> Tensor:
