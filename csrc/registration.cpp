@@ -45,6 +45,13 @@ TORCH_LIBRARY(fusedopt, m) {
       "adadelta_(Tensor(a!)[] params, Tensor(b!)[] grads, Tensor(c!)[] square_avgs, Tensor(d!)[] acc_deltas, "
       "Tensor(e!)[] state_steps, Tensor lr, float rho, float eps, float weight_decay, bool maximize, "
       "Tensor(z!)[] master_params, int? stochastic_rounding_seed, Tensor? grad_scale=None, Tensor? found_inf=None) -> ()");
+
+  // ---- Batch norm (csrc/batchnorm) ----
+  // BATCHNORM-SCHEMAS
+
+  // ---- Depthwise convolution (csrc/depthwise) ----
+  // DEPTHWISE-SCHEMAS
+
 }
 
 namespace {

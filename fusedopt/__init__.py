@@ -7,7 +7,7 @@ from ._build_check import load_extension as _load_extension
 _C = _load_extension()  # raises ImportError with instructions if missing or stale
 
 from . import _registrations  # noqa: E402,F401  (fake implementations of the ops)
-from . import optim, reference  # noqa: E402,F401
+from . import nn, optim, reference  # noqa: E402,F401
 
 __version__ = "0.1.0"
 
@@ -18,4 +18,4 @@ def build_info() -> dict:
     return dict(_C.build_info())
 
 
-__all__ = ["optim", "reference", "build_info"]
+__all__ = ["nn", "optim", "reference", "build_info"]

@@ -1,6 +1,13 @@
 #pragma once
 // The names of every fusedopt op (schemas in registration.cpp). Kernels shared by all
-// ops (sparse rejection, version bumps) are registered for each name here.
+// ops (sparse rejection, version bumps of mutated inputs) are registered for each name.
 namespace fusedopt {
-constexpr const char* kAllOps[] = {"adam_", "sgd_", "rmsprop_", "adagrad_", "adadelta_"};
+constexpr const char* kAllOps[] = {
+    // optimizers (csrc/optim)
+    "adam_", "sgd_", "rmsprop_", "adagrad_", "adadelta_",
+    // batch norm (csrc/batchnorm): BATCHNORM-OPS
+
+    // depthwise conv (csrc/depthwise): DEPTHWISE-OPS
+
+};
 }  // namespace fusedopt

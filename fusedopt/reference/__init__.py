@@ -6,3 +6,7 @@ fusedopt's kernels or torch.optim, so agreement with both is evidence, not an ec
 from .optim import adadelta_step, adagrad_step, adam_step, rmsprop_step, sgd_step
 
 __all__ = ["adam_step", "sgd_step", "rmsprop_step", "adagrad_step", "adadelta_step"]
+
+# BATCHNORM-REFERENCE
+
+# DEPTHWISE-REFERENCE
