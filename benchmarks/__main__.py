@@ -1,9 +1,13 @@
-"""python -m benchmarks: fusedopt against stock torch, with a summary table.
+"""python -m benchmarks: fusedopt against stock torch, with a summary table and plots.
 
-    python -m benchmarks [--quick] [--device cpu|cuda] [--only optim] [--out DIR]
+    python -m benchmarks [--quick] [--device cpu|cuda] [--only optim|bn|dw|scaling] [--out DIR]
+
+Every family runs on every device present. A device that is absent, or a family whose
+kernels were not built, appears in the table as a skipped row with its reason.
 """
 import argparse
 import datetime
+import importlib
 import platform
 import sys
 
@@ -11,10 +15,12 @@ import torch
 
 import fusedopt
 
-from . import optim, report
+from . import report
+from .progress import Progress
 from .timing import stream_bandwidth, time_interleaved
 
-FAMILIES = {"optim": optim}
+# --only name -> module with cases(quick, device) and run_case(case, timer).
+FAMILIES = {"optim": "optim", "bn": "batchnorm", "dw": "depthwise", "scaling": "scaling"}
 
 
 def _device_name(device):
@@ -23,40 +29,72 @@ def _device_name(device):
     return f"{platform.processor() or platform.machine()} CPU, {torch.get_num_threads()} threads"
 
 
+def _device_skip_reason(device):
+    if device == "cuda" and not torch.cuda.is_available():
+        return "no CUDA device is visible"
+    if device == "cuda" and not fusedopt.build_info()["cuda"]:
+        return "fusedopt was built without CUDA kernels"
+    return None
+
+
+def _load(family):
+    """The family's benchmark module, or the reason it cannot run."""
+    try:
+        return importlib.import_module(f".{FAMILIES[family]}", __package__), None
+    except ImportError as e:  # e.g. a layer family whose kernels are not in this build
+        return None, f"benchmarks.{FAMILIES[family]} does not load: {e}"
+
+
+def _case_label(case):
+    return " ".join(str(case[k]).replace("torch.", "") for k in ("op", "shape", "dtype", "layout") if case.get(k))
+
+
 def main(argv=None):
     ap = argparse.ArgumentParser(prog="python -m benchmarks", description=__doc__.splitlines()[0])
-    ap.add_argument("--quick", action="store_true", help="fewer shapes and rounds (a few minutes on 2 cores)")
-    ap.add_argument("--device", choices=["cpu", "cuda"], default=None, help="default: every device present")
+    ap.add_argument("--quick", action="store_true", help="fewer shapes and rounds (under 3 minutes on 2 cores)")
+    ap.add_argument("--device", choices=["cpu", "cuda"], default=None, help="default: cpu, and cuda if present")
     ap.add_argument("--only", choices=sorted(FAMILIES), action="append", help="run only these families")
-    ap.add_argument("--out", default="bench-out", help="folder for results.json and results.md")
+    ap.add_argument("--out", default="bench-out", help="folder for results.json, results.md and plots")
     args = ap.parse_args(argv)
 
-    devices = [args.device] if args.device else ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
-    rows, notes = [], []
+    devices = [args.device] if args.device else ["cpu", "cuda"]
+    families = args.only or list(FAMILIES)
+    rows, scaling, notes = [], [], []
+    rounds = 7 if args.quick else 15
+
+    # Plan everything first, so that the progress bar knows the total.
+    plan = []
     for device in devices:
-        if device == "cuda" and not torch.cuda.is_available():
-            notes.append("cuda: skipped, no CUDA device is visible")
-            continue
-        if device == "cuda" and not fusedopt.build_info()["cuda"]:
-            notes.append("cuda: skipped, fusedopt was built without CUDA kernels")
-            continue
-        bw, how = stream_bandwidth(device)
-        print(f"[{device}] streaming bandwidth {bw:.1f} GB/s ({how})", file=sys.stderr)
-        cases = [c for fam in (args.only or sorted(FAMILIES)) for c in FAMILIES[fam].cases(args.quick, device)]
-        rounds = 7 if args.quick else 15
-        timer = lambda fns, max_seconds=None: time_interleaved(fns, device, warmup=2, rounds=rounds,  # noqa: E731
-                                                                max_seconds=max_seconds)
-        for i, case in enumerate(cases, 1):
-            label = f"{case['op']} {case['n']}x{case['size']} {str(case['dtype']).replace('torch.', '')}"
-            print(f"[{device} {i}/{len(cases)}] {label} ...", file=sys.stderr, flush=True)
-            row = FAMILIES[case["family"]].run_case(case, timer)
-            row["bandwidth_gbps"] = bw
-            rows.append(report.summarize(row, bw))
-        notes.append(f"{device}: streaming bandwidth {bw:.1f} GB/s, {how}")
+        why = _device_skip_reason(device)
+        for fam in families:
+            module, fam_why = _load(fam)
+            if why or fam_why:
+                rows.append(report.skipped_row(fam, device, why or fam_why))
+                continue
+            plan += [(device, module, case) for case in module.cases(args.quick, device)]
+
+    bandwidth = {}
+    progress = Progress(len(plan))
+    for device, module, case in plan:
+        if device not in bandwidth:
+            progress.message(f"[{device}] measuring streaming bandwidth")
+            bandwidth[device] = stream_bandwidth(device)
+            notes.append(f"{device}: streaming bandwidth {bandwidth[device][0]:.1f} GB/s, {bandwidth[device][1]}")
+        progress.step(f"[{device}] {_case_label(case)}")
+
+        def timer(fns, max_seconds=None, rounds=rounds, device=device):
+            return time_interleaved(fns, device, warmup=2, rounds=rounds, max_seconds=max_seconds)
+
+        row = module.run_case(case, timer)
+        if row.get("family") == "scaling":
+            scaling.append(row)
+        else:
+            rows.append(report.summarize(row, bandwidth[device][0]))
+    progress.close()
 
     meta = {
         "date": datetime.datetime.now().isoformat(timespec="seconds"),
-        "device_name": ", ".join(_device_name(d) for d in devices if d != "cuda" or torch.cuda.is_available()),
+        "device_name": ", ".join(_device_name(d) for d in devices if not _device_skip_reason(d)),
         "torch": torch.__version__,
         "fusedopt build": {k: v for k, v in fusedopt.build_info().items() if k != "source_hash"},
         "notes": "; ".join(notes),
@@ -66,8 +104,8 @@ def main(argv=None):
     print(report.table(rows))
     for n in notes:
         print(n)
-    report.write(args.out, rows, meta)
-    print(f"\nwrote {args.out}/results.json and {args.out}/results.md")
+    written = report.write(args.out, rows, scaling, meta, {d: b[0] for d, b in bandwidth.items()})
+    print(f"\nwrote {', '.join(written)}")
     return 0
 
 

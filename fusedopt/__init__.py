@@ -8,6 +8,7 @@ _C = _load_extension()  # raises ImportError with instructions if missing or sta
 
 from . import _registrations  # noqa: E402,F401  (fake implementations of the ops)
 from . import nn, optim, reference  # noqa: E402,F401
+from .convert import convert_model  # noqa: E402
 
 __version__ = "0.1.0"
 
@@ -18,4 +19,4 @@ def build_info() -> dict:
     return dict(_C.build_info())
 
 
-__all__ = ["nn", "optim", "reference", "build_info"]
+__all__ = ["nn", "optim", "reference", "build_info", "convert_model"]
