@@ -11,23 +11,32 @@ export PIP_DISABLE_PIP_VERSION_CHECK=1
 MAIN_TORCH="${FUSEDOPT_TORCH:-2.14.1}"
 CPU_TORCH="2.13.0"
 MAIN_VENV="$ROOT/.venv"
+MAIN_EXTRAS=(matplotlib scikit-learn)
 CPU_VENV="$ROOT/.venv-cpu"
 
 log() { printf '\n==> %s\n' "$*"; }
 
-# make_venv DIR TORCH_VERSION: a venv holding that torch and the test tools.
+# make_venv DIR TORCH_VERSION [EXTRA...]: a venv holding that torch, the test tools and
+# the extra packages (the main venv adds matplotlib for plots and scikit-learn for the
+# example's bundled data set). A venv with the right torch is kept; missing extras are added.
 make_venv() {
   local dir=$1 version=$2
+  shift 2
+  local base=(numpy pytest hypothesis expecttest ninja setuptools wheel)
   if [ -x "$dir/bin/python" ] && "$dir/bin/python" - "$version" <<'PY' 2>/dev/null; then
 import sys, torch, pytest, hypothesis, numpy, ninja  # noqa: F401
 sys.exit(torch.__version__.split("+")[0] != sys.argv[1])
 PY
+    if [ $# -gt 0 ] && ! "$dir/bin/python" -m pip install -q "$@"; then
+      echo "could not install $* into $dir" >&2
+      return 1
+    fi
     return 0
   fi
   log "creating $dir with torch==$version"
   rm -rf "$dir"
   "$PYTHON" -m venv "$dir"
-  "$dir/bin/python" -m pip install -q "torch==$version" numpy pytest hypothesis expecttest ninja setuptools wheel
+  "$dir/bin/python" -m pip install -q "torch==$version" "${base[@]}" "$@"
 }
 
 # build_ext DIR: builds fusedopt._C in place against DIR's torch (editable install).

@@ -25,7 +25,7 @@ cmake --build "$ROOT/build/cmake-cpu" -j "$MAX_JOBS"
 ctest --test-dir "$ROOT/build/cmake-cpu" --output-on-failure
 "$CPU_VENV/bin/python" -m pytest -q -p no:cacheprovider tests/test_build.py
 
-make_venv "$MAIN_VENV" "$MAIN_TORCH"
+make_venv "$MAIN_VENV" "$MAIN_TORCH" "${MAIN_EXTRAS[@]}"
 build_ext "$MAIN_VENV"
 log "pytest, main build"
 "$MAIN_VENV/bin/python" -m pytest -q -p no:cacheprovider "$@"
