@@ -10,7 +10,9 @@ import fusedopt
 from fusedopt import _build_check
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-OPS = ["adam_"]
+# Every op the extension registered, read from the dispatcher, so a new op is covered
+# without editing this list.
+OPS = sorted(n.split("::", 1)[1] for n in torch._C._dispatch_get_all_op_names() if n.startswith("fusedopt::"))
 
 
 def test_build_info_describes_this_build():
@@ -33,6 +35,7 @@ def test_avx2_is_used_where_the_cpu_has_it():
 
 
 def test_every_op_has_cpu_kernel_and_fake():
+    assert {"adam_", "sgd_", "rmsprop_", "adagrad_", "adadelta_"} <= set(OPS), OPS
     for name in OPS:
         qualified = f"fusedopt::{name}"
         assert torch._C._dispatch_has_kernel_for_dispatch_key(qualified, "CPU"), name
