@@ -74,7 +74,44 @@ _OPTIONS = ("master_weights", "stochastic_rounding")
 
 def _kernel_view(t: Tensor) -> Tensor:
     # Complex tensors update as their real and imaginary parts, as in torch.optim.
+    t = _local(t)
     return torch.view_as_real(t) if t.is_complex() else t
+
+
+def _is_dtensor(t) -> bool:
+    dtensor = _dtensor_type()
+    return dtensor is not None and isinstance(t, dtensor)
+
+
+def _dtensor_type():
+    if not torch.distributed.is_available():
+        return None
+    from torch.distributed.tensor import DTensor
+
+    return DTensor
+
+
+def _local(t: Tensor) -> Tensor:
+    """DTensor params (FSDP2, tensor parallel) update elementwise, so the kernels work on
+    each rank's local shard, in place. The states are DTensors laid out like the param,
+    so their local shards line up element for element."""
+    return t.to_local() if _is_dtensor(t) else t
+
+
+def _local_grads(params, grads):
+    """The local shards of DTensor grads, checked to be laid out like their params."""
+    out = []
+    for p, g in zip(params, grads):
+        if g is not None and _is_dtensor(p):
+            if not _is_dtensor(g) or g.placements != p.placements or g.device_mesh != p.device_mesh:
+                raise ValueError(
+                    f"fusedopt: a DTensor param with placements {p.placements} has a grad "
+                    f"{'with placements ' + str(g.placements) if _is_dtensor(g) else 'that is not a DTensor'}; "
+                    "the fused update needs the grad sharded exactly like its param"
+                )
+            g = g.to_local()
+        out.append(g)
+    return out
 
 
 class _Bucket:
@@ -91,6 +128,7 @@ class _Bucket:
         self.plain = True  # only plain tensors/Parameters: the fast eager entry applies
         self.masters = []  # float32 master copies (master_weights=True, fp16/bf16 params)
         self.stochastic = False
+        self.dtensor = False  # holds DTensor params: the op gets their local shards
 
 
 class _Plan:
@@ -220,7 +258,8 @@ class FusedOptimizerMixin:
             if fresh:
                 b.fresh.add(len(b.params))
             b.params.append(p)
-            b.plain = b.plain and type(p) in _PLAIN_TYPES
+            b.plain = b.plain and type(_local(p)) in _PLAIN_TYPES
+            b.dtensor = b.dtensor or _is_dtensor(p)
             b.kernel_params.append(_kernel_view(p))
             for lst, k in zip(b.states, keys):
                 if k is not None:
@@ -228,7 +267,7 @@ class FusedOptimizerMixin:
             if "step" in state:
                 b.steps.append(state["step"])
             if master:
-                b.masters.append(state["master_param"])
+                b.masters.append(_local(state["master_param"]))
         return _Plan(group["params"], keys, list(buckets.values()), pending, tuple(group.get(k, False) for k in _OPTIONS))
 
     def add_param_group(self, param_group):
@@ -287,6 +326,8 @@ class FusedOptimizerMixin:
         for index, group in enumerate(self.param_groups):
             for b in self._plan(index, group).buckets:
                 grads = [p.grad for p in b.params]
+                if b.dtensor:
+                    grads = _local_grads(b.params, grads)
                 if b.fresh or any(g is None for g in grads):
                     self._step_subsets(group, b, grads, grad_scale, found_inf)
                 else:
