@@ -114,6 +114,30 @@ def _local_grads(params, grads):
     return out
 
 
+def _check_disjoint(params, name):
+    """One kernel call updates all params of a group at once, so two params sharing
+    memory (duplicates, overlapping views) would race; torch's for-loop would update the
+    shared elements twice in turn. Refuse them. Runs when a plan is built, not per step."""
+    spans = []
+    for i, p in enumerate(params):
+        t = _local(p)
+        if t.numel() == 0:
+            continue
+        base = t.untyped_storage().data_ptr() + t.storage_offset() * t.element_size()
+        extent = 1 + sum((n - 1) * st for n, st in zip(t.shape, t.stride()))
+        spans.append((base, base + extent * t.element_size(), i))
+    spans.sort()
+    end, owner = -1, None
+    for lo, hi, i in spans:
+        if lo < end:
+            raise ValueError(
+                f"fusedopt.optim.{name}: params {owner} and {i} of a param group share memory (the same "
+                "tensor twice, or overlapping views); a fused step would update the shared elements at once"
+            )
+        if hi > end:
+            end, owner = hi, i
+
+
 class _Bucket:
     """The tensors of one (device, dtype) slice of a param group, in op order."""
 
@@ -226,6 +250,7 @@ class FusedOptimizerMixin:
         return plan
 
     def _build_plan(self, group):
+        _check_disjoint(group["params"], type(self).__name__)
         keys = self._state_keys(group)
         buckets, pending = {}, []
         for p in group["params"]:
@@ -274,7 +299,36 @@ class FusedOptimizerMixin:
         super().add_param_group(param_group)
         self._fused_plans().clear()
 
+    def _check_loadable(self, state_dict):
+        """Refuses, before anything changes, a state_dict whose per-param state this
+        optimizer cannot step: keys missing (e.g. another optimizer's checkpoint) or
+        tensors shaped unlike their param. torch would fail later, at step()."""
+        name = type(self).__name__
+        if not isinstance(state_dict, dict) or not {"state", "param_groups"} <= state_dict.keys():
+            raise ValueError(f"fusedopt.optim.{name}.load_state_dict: expected a dict with 'state' and 'param_groups'")
+        for saved, group in zip(state_dict["param_groups"], self.param_groups):
+            options = {**group, **{k: v for k, v in saved.items() if k != "params"}}
+            for pid, p in zip(saved["params"], group["params"]):
+                st = state_dict["state"].get(pid)
+                if not st:
+                    continue
+                expected = {}  # what a fresh state holds under these options (meta: no memory)
+                self._init_state(options, torch.empty(p.shape, dtype=p.dtype, device="meta"), expected)
+                missing = sorted(k for k in expected if k not in st)
+                if missing:
+                    raise ValueError(
+                        f"fusedopt.optim.{name}.load_state_dict: the state of param {pid} lacks {missing} "
+                        f"(it has {sorted(st)}); is this a state_dict of another optimizer?"
+                    )
+                for k, v in st.items():
+                    if isinstance(v, Tensor) and k != "step" and v.shape != p.shape:
+                        raise ValueError(
+                            f"fusedopt.optim.{name}.load_state_dict: state '{k}' of param {pid} has shape "
+                            f"{tuple(v.shape)} but the param has shape {tuple(p.shape)}"
+                        )
+
     def load_state_dict(self, state_dict):
+        self._check_loadable(state_dict)
         # torch casts every floating state tensor to its param's dtype; for fp16/bf16
         # params that would round fusedopt's float32 state (and master copies). Keep the
         # saved float32 tensors instead.
