@@ -117,7 +117,10 @@ def _local_grads(params, grads):
 def _check_disjoint(params, name):
     """One kernel call updates all params of a group at once, so two params sharing
     memory (duplicates, overlapping views) would race; torch's for-loop would update the
-    shared elements twice in turn. Refuse them. Runs when a plan is built, not per step."""
+    shared elements twice in turn. Refuse them. Runs when a plan is built, not per step,
+    and only in eager mode: torch.compile cannot trace storage addresses."""
+    if torch.compiler.is_compiling():
+        return
     spans = []
     for i, p in enumerate(params):
         t = _local(p)

@@ -165,12 +165,22 @@ def test_compiles_fullgraph_with_tensor_lr(kind):
     def compiled_step():
         opt.step()
 
-    for s in range(3):
+    def train_step():
         for m in (model, twin):
             m.zero_grad()
             m(x).square().mean().backward()
         compiled_step()
         ref.step()
+
+    # The first step creates state, so the second may compile once more; after that, an
+    # lr changed in place (a scheduler) must not recompile.
+    for _ in range(2):
+        train_step()
+    with torch._dynamo.config.patch(error_on_recompile=True):
+        for s in range(3):
+            opt.param_groups[0]["lr"].mul_(0.5)
+            ref.param_groups[0]["lr"] *= 0.5
+            train_step()
     for p, q in zip(model.parameters(), twin.parameters()):
         torch.testing.assert_close(p, q, rtol=1e-5, atol=1e-6)
 
