@@ -278,7 +278,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> batch_norm_backward(
   } else {
     gw = not_requested(m);
   }
-  gb = mask[2] ? sums[0].to(param_dtype) : not_requested(m);
+  gb = mask[2] ? sums[0].to(param_dtype, /*non_blocking=*/false, /*copy=*/true) : not_requested(m);
   if (!mask[0]) dx = not_requested(p.x);
   if (!mask[3]) dres = not_requested(p.x);
   return {dx, gw, gb, dres};
@@ -311,8 +311,10 @@ std::tuple<at::Tensor, at::Tensor> batch_norm_backward_reduce(const at::Tensor& 
   const at::Tensor m = channel_param(mean, p, op, "mean");
   at::Tensor out;
   if (output.has_value() && output->defined()) out = like_input(*output, p, op, "output");
-  at::Tensor sums = at::zeros({2, p.g.C}, m.options().dtype(c10::kDouble));
-  if (p.x.numel() == 0) return {sums[0], sums[1]};
+  // Two separate tensors: outputs of an op must not alias each other.
+  at::Tensor sdy = at::zeros({p.g.C}, m.options().dtype(c10::kDouble));
+  at::Tensor sdx = at::zeros({p.g.C}, m.options().dtype(c10::kDouble));
+  if (p.x.numel() == 0) return {sdy, sdx};
   BwdArgs a;
   a.dtype = p.x.scalar_type();
   a.g = p.g;
@@ -320,10 +322,10 @@ std::tuple<at::Tensor, at::Tensor> batch_norm_backward_reduce(const at::Tensor& 
   a.x = p.x.data_ptr();
   a.out = out.defined() ? out.data_ptr() : nullptr;
   a.mean = m.data_ptr();
-  a.sum_dy = sums.data_ptr<double>();
-  a.sum_dy_xmu = a.sum_dy + p.g.C;
+  a.sum_dy = sdy.data_ptr<double>();
+  a.sum_dy_xmu = sdx.data_ptr<double>();
   (use_avx2() ? avx2::bwd_reduce : scalar::bwd_reduce)(a);
-  return {sums[0], sums[1]};
+  return {sdy, sdx};
 }
 
 at::Tensor batch_norm_backward_elemt(const at::Tensor& grad_out, const at::Tensor& input, const OptTensor& weight,
