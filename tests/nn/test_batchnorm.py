@@ -424,3 +424,33 @@ def test_compile_conv_bn_relu_matches_eager():
         torch.testing.assert_close(pc.grad, pe.grad, atol=1e-4, rtol=1e-4, msg=n)
     torch.testing.assert_close(compiled_net.bn.running_var, eager.bn.running_var)
     assert int(compiled_net.bn2.num_batches_tracked) == 1
+
+
+@pytest.mark.parametrize("channels_last", [False, True])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.bfloat16])
+def test_device_parity_with_torch(device, channels_last, dtype):
+    """The module on `device` (the CUDA kernels where a GPU is present) against torch on
+    the same device: train step (outputs, grads, running stats) then eval."""
+    torch.manual_seed(12)
+    shape = (6, 5, 7, 9)
+    ref, fused = _pair(2, 5, dtype)
+    ref, fused = ref.to(device), fused.to(device)
+    relu_ref = nn.ReLU()
+    fused_relu = BatchNormReLU2d(5).to(device=device, dtype=fused.weight.dtype)
+    fused_relu.load_state_dict(ref.state_dict())
+    x = _layout((torch.randn(shape, dtype=torch.float64) * 2 + 1).to(dtype), channels_last).to(device)
+    z = torch.randn(shape, dtype=torch.float64).to(dtype).to(device)
+    dy = torch.randn(shape, dtype=torch.float64).to(dtype).to(device)
+    xr, xf, xg = (x.clone().requires_grad_() for _ in range(3))
+    yr, yf = ref(xr), fused(xf)
+    yr.backward(dy)
+    yf.backward(dy)
+    _close(yf.cpu(), yr.cpu(), dtype, "out")
+    _close(xf.grad.cpu(), xr.grad.cpu(), dtype, "grad_input", scale=4)
+    _close(fused.weight.grad.cpu(), ref.weight.grad.cpu(), dtype, "grad_weight", scale=50)
+    _close(fused.running_var.cpu(), ref.running_var.cpu(), dtype, "running_var")
+    yg = fused_relu(xg, z)
+    _close(yg.cpu(), relu_ref(yr.detach() + z).cpu(), dtype, "bn+residual+relu out")
+    ref.eval()
+    fused.eval()
+    _close(fused(x).cpu(), ref(x).cpu(), dtype, "eval out")
