@@ -176,6 +176,30 @@ void batch_norm_update_stats_(const at::Tensor& running_mean, const at::Tensor& 
   update(running_var, true);
 }
 
+// Element-pass coefficients (rows mean_dy, k, a of a [3, C] table) from per-channel sums
+// (nullptr: none, eval mode).
+at::Tensor bwd_coeff_table(const Prepared& p, const at::Tensor& mean, const at::Tensor& var, const OptTensor& w,
+                           const double* sum_dy, const double* sum_dy_xmu, double count, bool training, double eps) {
+  at::Tensor coeffs = at::empty({3, p.g.C}, mean.options());
+  dispatch_math(p.acc, [&](auto z) {
+    using S = decltype(z);
+    S* mdy = coeffs.data_ptr<S>();
+    S* kk = mdy + p.g.C;
+    S* aa = kk + p.g.C;
+    const S* wp = w ? w->data_ptr<S>() : nullptr;
+    const S* m = mean.data_ptr<S>();
+    const S* v = var.data_ptr<S>();
+    for (int64_t c = 0; c < p.g.C; ++c) {
+      const BwdCoeffs<S> k = bwd_coeffs<S>(m[c], v[c], wp, c, sum_dy ? sum_dy[c] : 0.0,
+                                           sum_dy ? sum_dy_xmu[c] : 0.0, count, training, eps);
+      mdy[c] = k.mean_dy;
+      kk[c] = k.k;
+      aa[c] = k.a;
+    }
+  });
+  return coeffs;
+}
+
 // The two backward passes; sums (double[C], for grad_weight/bias) are filled when given.
 at::Tensor backward_core(const Prepared& p, const at::Tensor& dy, const at::Tensor* out, const OptTensor& w,
                          const at::Tensor& mean, const at::Tensor& var, bool training, double eps, double count,
@@ -220,23 +244,7 @@ at::Tensor backward_core(const Prepared& p, const at::Tensor& dy, const at::Tens
     (use_avx2() ? avx2::bwd_reduce : scalar::bwd_reduce)(a);
   }
   if (want_dx || want_dres) {
-    at::Tensor coeffs = at::empty({3, p.g.C}, mean.options());
-    dispatch_math(p.acc, [&](auto z) {
-      using S = decltype(z);
-      S* mdy = coeffs.data_ptr<S>();
-      S* kk = mdy + p.g.C;
-      S* aa = kk + p.g.C;
-      const S* wp = w ? w->data_ptr<S>() : nullptr;
-      const S* m = mean.data_ptr<S>();
-      const S* v = var.data_ptr<S>();
-      for (int64_t c = 0; c < p.g.C; ++c) {
-        const BwdCoeffs<S> k = bwd_coeffs<S>(m[c], v[c], wp, c, sum_dy ? sum_dy[c] : 0.0,
-                                             sum_dy ? sum_dy_xmu[c] : 0.0, count, training, eps);
-        mdy[c] = k.mean_dy;
-        kk[c] = k.k;
-        aa[c] = k.a;
-      }
-    });
+    const at::Tensor coeffs = bwd_coeff_table(p, mean, var, w, sum_dy, sum_dy_xmu, count, training, eps);
     a.mean_dy = coeffs[0].data_ptr();
     a.k = coeffs[1].data_ptr();
     a.a = coeffs[2].data_ptr();
@@ -350,44 +358,23 @@ at::Tensor batch_norm_backward_elemt(const at::Tensor& grad_out, const at::Tenso
   TORCH_CHECK_VALUE(count > 0, op, ": count must be positive, got ", count);
   at::Tensor out;
   if (output.has_value() && output->defined()) out = like_input(*output, p, op, "output");
-  at::Tensor dx = [&] {
-    // Row kernels take their coefficients from the sums; the fused plane kernel would
-    // recompute local sums, so planes also go through reduce-free coefficients here.
-    Prepared q = p;
-    at::Tensor dxo = empty_output(q);
-    if (q.x.numel() == 0) return dxo;
-    at::Tensor coeffs = at::empty({3, q.g.C}, m.options());
-    dispatch_math(q.acc, [&](auto z) {
-      using S = decltype(z);
-      S* mdy = coeffs.data_ptr<S>();
-      S* kk = mdy + q.g.C;
-      S* aa = kk + q.g.C;
-      const S* wp = w ? w->data_ptr<S>() : nullptr;
-      const S* mp = m.data_ptr<S>();
-      const S* vp = v.data_ptr<S>();
-      const double* sdp = sd.data_ptr<double>();
-      const double* sxp = sx.data_ptr<double>();
-      for (int64_t c = 0; c < q.g.C; ++c) {
-        const BwdCoeffs<S> k = bwd_coeffs<S>(mp[c], vp[c], wp, c, sdp[c], sxp[c], count, true, eps);
-        mdy[c] = k.mean_dy;
-        kk[c] = k.k;
-        aa[c] = k.a;
-      }
-    });
-    BwdArgs a;
-    a.dtype = q.x.scalar_type();
-    a.g = q.g;
-    a.dy = dy.data_ptr();
-    a.x = q.x.data_ptr();
-    a.out = out.defined() ? out.data_ptr() : nullptr;
-    a.mean = m.data_ptr();
-    a.mean_dy = coeffs[0].data_ptr();
-    a.k = coeffs[1].data_ptr();
-    a.a = coeffs[2].data_ptr();
-    a.dx = dxo.data_ptr();
-    (use_avx2() ? avx2::bwd_elemt : scalar::bwd_elemt)(a);
-    return dxo;
-  }();
+  at::Tensor dx = empty_output(p);
+  if (p.x.numel() == 0) return dx;
+  // Coefficients from the given (global) sums, then the element pass alone.
+  const at::Tensor coeffs =
+      bwd_coeff_table(p, m, v, w, sd.data_ptr<double>(), sx.data_ptr<double>(), count, true, eps);
+  BwdArgs a;
+  a.dtype = p.x.scalar_type();
+  a.g = p.g;
+  a.dy = dy.data_ptr();
+  a.x = p.x.data_ptr();
+  a.out = out.defined() ? out.data_ptr() : nullptr;
+  a.mean = m.data_ptr();
+  a.mean_dy = coeffs[0].data_ptr();
+  a.k = coeffs[1].data_ptr();
+  a.a = coeffs[2].data_ptr();
+  a.dx = dx.data_ptr();
+  (use_avx2() ? avx2::bwd_elemt : scalar::bwd_elemt)(a);
   return dx;
 }
 
