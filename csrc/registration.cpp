@@ -47,7 +47,29 @@ TORCH_LIBRARY(fusedopt, m) {
       "Tensor(z!)[] master_params, int? stochastic_rounding_seed, Tensor? grad_scale=None, Tensor? found_inf=None) -> ()");
 
   // ---- Batch norm (csrc/batchnorm) ----
-  // BATCHNORM-SCHEMAS
+  // Functional ops (autograd is registered in Python, fusedopt/nn/_batchnorm_ops.py).
+  // Per-channel mean/var are float32 (float64 for float64 inputs); var is biased.
+  // Training forward: batch statistics, normalise, affine, + residual, relu.
+  m.def("batch_norm_train(Tensor input, Tensor? weight, Tensor? bias, Tensor? residual, bool relu, float eps) "
+        "-> (Tensor out, Tensor mean, Tensor var)");
+  // Forward with given statistics (eval mode: the running ones).
+  m.def("batch_norm_eval(Tensor input, Tensor mean, Tensor var, Tensor? weight, Tensor? bias, Tensor? residual, "
+        "bool relu, float eps) -> Tensor");
+  // running = (1 - momentum) * running + momentum * stat, with the unbiased var (count values).
+  m.def("batch_norm_update_stats_(Tensor(a!) running_mean, Tensor(b!) running_var, Tensor mean, Tensor var, "
+        "float momentum, int count) -> ()");
+  // Grads of input, weight, bias, residual (output_mask picks; others are empty). The
+  // relu mask is recomputed from output > 0.
+  m.def("batch_norm_backward(Tensor grad_out, Tensor input, Tensor? weight, Tensor mean, Tensor var, Tensor? output, "
+        "bool relu, bool training, float eps, bool[4] output_mask) "
+        "-> (Tensor grad_input, Tensor grad_weight, Tensor grad_bias, Tensor grad_residual)");
+  // SyncBatchNorm pieces: local statistics; local sums of dy and dy * (x - mean)
+  // (float64; masked by output > 0 when output is given); the element pass from global sums.
+  m.def("batch_norm_stats(Tensor input) -> (Tensor mean, Tensor var)");
+  m.def("batch_norm_backward_reduce(Tensor grad_out, Tensor input, Tensor mean, Tensor? output) "
+        "-> (Tensor sum_dy, Tensor sum_dy_xmu)");
+  m.def("batch_norm_backward_elemt(Tensor grad_out, Tensor input, Tensor? weight, Tensor mean, Tensor var, "
+        "Tensor? output, Tensor sum_dy, Tensor sum_dy_xmu, float count, float eps) -> Tensor");
 
   // ---- Depthwise convolution (csrc/depthwise) ----
   // DEPTHWISE-SCHEMAS

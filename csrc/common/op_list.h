@@ -5,7 +5,9 @@ namespace fusedopt {
 constexpr const char* kAllOps[] = {
     // optimizers (csrc/optim)
     "adam_", "sgd_", "rmsprop_", "adagrad_", "adadelta_",
-    // batch norm (csrc/batchnorm): BATCHNORM-OPS
+    // batch norm (csrc/batchnorm)
+    "batch_norm_train", "batch_norm_eval", "batch_norm_update_stats_", "batch_norm_backward", "batch_norm_stats",
+    "batch_norm_backward_reduce", "batch_norm_backward_elemt",
 
     // depthwise conv (csrc/depthwise): DEPTHWISE-OPS
 

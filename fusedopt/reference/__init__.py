@@ -7,6 +7,8 @@ from .optim import adadelta_step, adagrad_step, adam_step, rmsprop_step, sgd_ste
 
 __all__ = ["adam_step", "sgd_step", "rmsprop_step", "adagrad_step", "adadelta_step"]
 
-# BATCHNORM-REFERENCE
+from .batchnorm import batch_norm_backward, batch_norm_forward  # noqa: E402
+
+__all__ += ["batch_norm_forward", "batch_norm_backward"]
 
 # DEPTHWISE-REFERENCE

@@ -1,0 +1,547 @@
+// CPU kernel bodies of batch norm, compiled once per instruction set by
+// batchnorm_cpu_avx2.cpp and batchnorm_cpu_scalar.cpp (no include guard on purpose).
+// The including unit defines FO_CPU_NS and brings Lanes<T> into it, plus bn_hsum,
+// bn_relu and bn_keep_if_pos for its vector type.
+//
+// Memory walks:
+//  - planes (NCHW): threads over channels. A channel's N planes are walked for the
+//    statistics and then again to normalise; the second walk finds them in L2 (a
+//    (32, 56x56) float channel is 400 KB), so x comes from memory once. The backward
+//    does the same with (dy, x[, out]).
+//  - rows (channels_last): threads over blocks of rows with C-wide accumulators per
+//    block, merged in block order (deterministic for a given thread count).
+// Statistics are taken per chunk (a piece of a plane, or a few rows) in two passes
+// from L1: a pivot-shifted sum for the chunk mean, then sum (x - m) and (x - m)^2
+// (the corrected two-pass formula); chunks are merged in double (Chan).
+#include <algorithm>
+#include <type_traits>
+#include <vector>
+
+#include "batchnorm_kernels.h"
+#include "batchnorm_math.h"
+
+namespace fusedopt {
+namespace batchnorm {
+namespace FO_CPU_NS {
+
+using fusedopt::FO_CPU_NS::Lanes;
+
+inline float bn_hsum(float x) { return x; }
+inline double bn_hsum(double x) { return x; }
+
+template <class T>
+using MathOf = typename std::conditional<std::is_same<T, double>::value, double, float>::type;
+
+template <class Body>
+void dispatch(c10::ScalarType dt, const Body& body) {
+  switch (dt) {
+    case c10::ScalarType::Float: return body(float{});
+    case c10::ScalarType::Double: return body(double{});
+    case c10::ScalarType::BFloat16: return body(c10::BFloat16{});
+    case c10::ScalarType::Half: return body(c10::Half{});
+    default: break;
+  }
+}
+
+constexpr int64_t kPlaneChunk = 2048;   // elements of one plane per statistics chunk
+constexpr int64_t kRowChunkElems = 4096;  // elements (rows x C) per statistics chunk
+
+inline int64_t row_chunk(int64_t C) { return std::max<int64_t>(4, kRowChunkElems / std::max<int64_t>(C, 1)); }
+
+// ---------------------------------------------------------------- planes
+
+// (count, mean, M2) of len contiguous elements.
+template <class T>
+Welford chunk_stats(const T* p, int64_t len) {
+  using L = Lanes<T>;
+  using V = typename L::V;
+  using S = MathOf<T>;
+  constexpr int N = L::N;
+  Welford w;
+  if (len <= 0) return w;
+  const S pivot = static_cast<S>(p[0]);
+  const V vp(pivot);
+  V a0(S(0)), a1(S(0));
+  int64_t i = 0;
+  for (; i + 2 * N <= len; i += 2 * N) {
+    a0 = a0 + (L::load(p + i) - vp);
+    a1 = a1 + (L::load(p + i + N) - vp);
+  }
+  for (; i + N <= len; i += N) a0 = a0 + (L::load(p + i) - vp);
+  S sum = bn_hsum(a0 + a1);
+  for (; i < len; ++i) sum += static_cast<S>(p[i]) - pivot;
+  const S m = pivot + sum / static_cast<S>(len);
+  const V vm(m);
+  V d0(S(0)), d1(S(0)), q0(S(0)), q1(S(0));
+  i = 0;
+  for (; i + 2 * N <= len; i += 2 * N) {
+    const V e0 = L::load(p + i) - vm, e1 = L::load(p + i + N) - vm;
+    d0 = d0 + e0;
+    d1 = d1 + e1;
+    q0 = q0 + e0 * e0;
+    q1 = q1 + e1 * e1;
+  }
+  for (; i + N <= len; i += N) {
+    const V e0 = L::load(p + i) - vm;
+    d0 = d0 + e0;
+    q0 = q0 + e0 * e0;
+  }
+  double d = bn_hsum(d0 + d1), q = bn_hsum(q0 + q1);
+  for (; i < len; ++i) {
+    const double e = static_cast<S>(p[i]) - m;
+    d += e;
+    q += e * e;
+  }
+  w.n = static_cast<double>(len);
+  w.mean = static_cast<double>(m) + d / w.n;
+  w.m2 = std::max(0.0, q - d * d / w.n);
+  return w;
+}
+
+template <class T>
+Welford plane_channel_stats(const T* x, const Geom& g, int64_t c) {
+  Welford acc;
+  for (int64_t n = 0; n < g.N; ++n) {
+    const T* p = x + (n * g.C + c) * g.inner;
+    for (int64_t s = 0; s < g.inner; s += kPlaneChunk) welford_merge(acc, chunk_stats(p + s, std::min(kPlaneChunk, g.inner - s)));
+  }
+  return acc;
+}
+
+template <class T, class S>
+void plane_channel_apply(const T* x, T* y, const T* res, bool relu, const Geom& g, int64_t c, S mean, S scale, S bias) {
+  using L = Lanes<T>;
+  using V = typename L::V;
+  constexpr int N = L::N;
+  const V vm(mean), vs(scale), vb(bias), zero(S(0));
+  const bool has_res = res != nullptr;
+  for (int64_t n = 0; n < g.N; ++n) {
+    const int64_t off = (n * g.C + c) * g.inner;
+    const T* px = x + off;
+    T* py = y + off;
+    const T* pr = has_res ? res + off : nullptr;
+    int64_t i = 0;
+    for (; i + N <= g.inner; i += N) {
+      const V v = bn_forward(L::load(px + i), vm, vs, vb);
+      L::store(py + i, bn_finish(v, has_res ? L::load(pr + i) : zero, has_res, relu));
+    }
+    for (; i < g.inner; ++i) {
+      const S v = bn_forward(static_cast<S>(px[i]), mean, scale, bias);
+      py[i] = static_cast<T>(bn_finish(v, has_res ? static_cast<S>(pr[i]) : S(0), has_res, relu));
+    }
+  }
+}
+
+// Sums of dy' and dy' * (x - mean) over one channel.
+template <class T, class S>
+void plane_channel_reduce(const T* dy, const T* x, const T* out, const Geom& g, int64_t c, S mean, double& sdy,
+                          double& sdx) {
+  using L = Lanes<T>;
+  using V = typename L::V;
+  constexpr int N = L::N;
+  const V vm(mean);
+  sdy = 0.0;
+  sdx = 0.0;
+  for (int64_t n = 0; n < g.N; ++n) {
+    const int64_t off = (n * g.C + c) * g.inner;
+    const T* pd = dy + off;
+    const T* px = x + off;
+    const T* po = out ? out + off : nullptr;
+    for (int64_t s = 0; s < g.inner; s += kPlaneChunk) {
+      const int64_t e = std::min(g.inner, s + kPlaneChunk);
+      V a(S(0)), b(S(0));
+      int64_t i = s;
+      if (po) {
+        for (; i + N <= e; i += N) {
+          const V d = bn_keep_if_pos(L::load(po + i), L::load(pd + i));
+          a = a + d;
+          b = b + d * (L::load(px + i) - vm);
+        }
+      } else {
+        for (; i + N <= e; i += N) {
+          const V d = L::load(pd + i);
+          a = a + d;
+          b = b + d * (L::load(px + i) - vm);
+        }
+      }
+      double ta = bn_hsum(a), tb = bn_hsum(b);
+      for (; i < e; ++i) {
+        S d = static_cast<S>(pd[i]);
+        if (po) d = bn_keep_if_pos(static_cast<S>(po[i]), d);
+        ta += d;
+        tb += static_cast<double>(d * (static_cast<S>(px[i]) - mean));
+      }
+      sdy += ta;
+      sdx += tb;
+    }
+  }
+}
+
+template <class T, class S>
+void plane_channel_elemt(const T* dy, const T* x, const T* out, T* dx, T* dres, const Geom& g, int64_t c,
+                         const BwdCoeffs<S>& k) {
+  using L = Lanes<T>;
+  using V = typename L::V;
+  constexpr int N = L::N;
+  const V vm(k.mean), vmd(k.mean_dy), vk(k.k), va(k.a);
+  for (int64_t n = 0; n < g.N; ++n) {
+    const int64_t off = (n * g.C + c) * g.inner;
+    const T* pd = dy + off;
+    const T* px = x + off;
+    const T* po = out ? out + off : nullptr;
+    T* pdx = dx ? dx + off : nullptr;
+    T* pdr = dres ? dres + off : nullptr;
+    int64_t i = 0;
+    for (; i + N <= g.inner; i += N) {
+      V d = L::load(pd + i);
+      if (po) d = bn_keep_if_pos(L::load(po + i), d);
+      if (pdr) L::store(pdr + i, d);
+      if (pdx) L::store(pdx + i, bn_grad_input(d, L::load(px + i), vm, vmd, vk, va));
+    }
+    for (; i < g.inner; ++i) {
+      S d = static_cast<S>(pd[i]);
+      if (po) d = bn_keep_if_pos(static_cast<S>(po[i]), d);
+      if (pdr) pdr[i] = static_cast<T>(d);
+      if (pdx) pdx[i] = static_cast<T>(bn_grad_input(d, static_cast<S>(px[i]), k.mean, k.mean_dy, k.k, k.a));
+    }
+  }
+}
+
+// ---------------------------------------------------------------- rows
+
+// Row blocks: one per thread, in a fixed order, so merged results do not depend on
+// scheduling.
+inline int64_t row_blocks(int64_t M) {
+  const int64_t per = 64;
+  return std::max<int64_t>(1, std::min<int64_t>(at::get_num_threads(), (M + per - 1) / per));
+}
+
+template <class T>
+void rows_stats(const T* x, const Geom& g, const StatsOut& o) {
+  using L = Lanes<T>;
+  using V = typename L::V;
+  using S = MathOf<T>;
+  constexpr int N = L::N;
+  const int64_t C = g.C, M = g.count();
+  const int64_t B = row_blocks(M);
+  std::vector<double> bn(B * C, 0.0), bmean(B * C, 0.0), bm2(B * C, 0.0);
+  const int64_t R = row_chunk(C);
+  at::parallel_for(0, B, 1, [&](int64_t b0, int64_t b1) {
+    std::vector<S> pivot(C), acc(C), m(C), dsum(C), qsum(C);
+    for (int64_t b = b0; b < b1; ++b) {
+      const int64_t r0 = M * b / B, r1 = M * (b + 1) / B;
+      double* wn = &bn[b * C];
+      double* wm = &bmean[b * C];
+      double* w2 = &bm2[b * C];
+      for (int64_t s = r0; s < r1; s += R) {
+        const int64_t e = std::min(r1, s + R);
+        const S len = static_cast<S>(e - s);
+        const T* first = x + s * C;
+        for (int64_t c = 0; c < C; ++c) {
+          pivot[c] = static_cast<S>(first[c]);
+          acc[c] = S(0);
+          dsum[c] = S(0);
+          qsum[c] = S(0);
+        }
+        for (int64_t r = s; r < e; ++r) {
+          const T* p = x + r * C;
+          int64_t c = 0;
+          for (; c + N <= C; c += N)
+            Lanes<S>::store(&acc[c], Lanes<S>::load(&acc[c]) + (L::load(p + c) - Lanes<S>::load(&pivot[c])));
+          for (; c < C; ++c) acc[c] += static_cast<S>(p[c]) - pivot[c];
+        }
+        for (int64_t c = 0; c < C; ++c) m[c] = pivot[c] + acc[c] / len;
+        for (int64_t r = s; r < e; ++r) {
+          const T* p = x + r * C;
+          int64_t c = 0;
+          for (; c + N <= C; c += N) {
+            const V d = L::load(p + c) - Lanes<S>::load(&m[c]);
+            Lanes<S>::store(&dsum[c], Lanes<S>::load(&dsum[c]) + d);
+            Lanes<S>::store(&qsum[c], Lanes<S>::load(&qsum[c]) + d * d);
+          }
+          for (; c < C; ++c) {
+            const S d = static_cast<S>(p[c]) - m[c];
+            dsum[c] += d;
+            qsum[c] += d * d;
+          }
+        }
+        const double n = static_cast<double>(e - s);
+        for (int64_t c = 0; c < C; ++c) {
+          const double d = dsum[c];
+          welford_merge(wn[c], wm[c], w2[c], n, static_cast<double>(m[c]) + d / n,
+                        std::max(0.0, static_cast<double>(qsum[c]) - d * d / n));
+        }
+      }
+    }
+  });
+  for (int64_t c = 0; c < C; ++c) {
+    Welford w;
+    for (int64_t b = 0; b < B; ++b) welford_merge(w.n, w.mean, w.m2, bn[b * C + c], bmean[b * C + c], bm2[b * C + c]);
+    o.n[c] = w.n;
+    o.mean[c] = w.mean;
+    o.m2[c] = w.m2;
+  }
+}
+
+template <class T, class S>
+void rows_apply(const T* x, T* y, const T* res, bool relu, const Geom& g, const S* mean, const S* scale,
+                const S* bias) {
+  using L = Lanes<T>;
+  using LS = Lanes<S>;
+  using V = typename L::V;
+  constexpr int N = L::N;
+  const int64_t C = g.C, M = g.count();
+  const bool has_res = res != nullptr;
+  const int64_t grain = std::max<int64_t>(1, 16384 / std::max<int64_t>(C, 1));
+  at::parallel_for(0, M, grain, [&](int64_t r0, int64_t r1) {
+    const V zero(S(0));
+    for (int64_t r = r0; r < r1; ++r) {
+      const T* px = x + r * C;
+      T* py = y + r * C;
+      const T* pr = has_res ? res + r * C : nullptr;
+      int64_t c = 0;
+      for (; c + N <= C; c += N) {
+        const V v = bn_forward(L::load(px + c), LS::load(mean + c), LS::load(scale + c), LS::load(bias + c));
+        L::store(py + c, bn_finish(v, has_res ? L::load(pr + c) : zero, has_res, relu));
+      }
+      for (; c < C; ++c) {
+        const S v = bn_forward(static_cast<S>(px[c]), mean[c], scale[c], bias[c]);
+        py[c] = static_cast<T>(bn_finish(v, has_res ? static_cast<S>(pr[c]) : S(0), has_res, relu));
+      }
+    }
+  });
+}
+
+template <class T, class S>
+void rows_reduce(const T* dy, const T* x, const T* out, const Geom& g, const S* mean, double* sum_dy,
+                 double* sum_dy_xmu) {
+  using L = Lanes<T>;
+  using LS = Lanes<S>;
+  using V = typename L::V;
+  constexpr int N = L::N;
+  const int64_t C = g.C, M = g.count();
+  const int64_t B = row_blocks(M);
+  std::vector<double> bsd(B * C, 0.0), bsx(B * C, 0.0);
+  const int64_t R = row_chunk(C);
+  at::parallel_for(0, B, 1, [&](int64_t b0, int64_t b1) {
+    std::vector<S> a(C), b(C);
+    for (int64_t blk = b0; blk < b1; ++blk) {
+      const int64_t r0 = M * blk / B, r1 = M * (blk + 1) / B;
+      double* wd = &bsd[blk * C];
+      double* wx = &bsx[blk * C];
+      for (int64_t s = r0; s < r1; s += R) {
+        const int64_t e = std::min(r1, s + R);
+        std::fill(a.begin(), a.end(), S(0));
+        std::fill(b.begin(), b.end(), S(0));
+        for (int64_t r = s; r < e; ++r) {
+          const T* pd = dy + r * C;
+          const T* px = x + r * C;
+          const T* po = out ? out + r * C : nullptr;
+          int64_t c = 0;
+          for (; c + N <= C; c += N) {
+            V d = L::load(pd + c);
+            if (po) d = bn_keep_if_pos(L::load(po + c), d);
+            LS::store(&a[c], LS::load(&a[c]) + d);
+            LS::store(&b[c], LS::load(&b[c]) + d * (L::load(px + c) - LS::load(mean + c)));
+          }
+          for (; c < C; ++c) {
+            S d = static_cast<S>(pd[c]);
+            if (po) d = bn_keep_if_pos(static_cast<S>(po[c]), d);
+            a[c] += d;
+            b[c] += d * (static_cast<S>(px[c]) - mean[c]);
+          }
+        }
+        for (int64_t c = 0; c < C; ++c) {
+          wd[c] += a[c];
+          wx[c] += b[c];
+        }
+      }
+    }
+  });
+  for (int64_t c = 0; c < C; ++c) {
+    double sd = 0.0, sx = 0.0;
+    for (int64_t blk = 0; blk < B; ++blk) {
+      sd += bsd[blk * C + c];
+      sx += bsx[blk * C + c];
+    }
+    sum_dy[c] = sd;
+    sum_dy_xmu[c] = sx;
+  }
+}
+
+template <class T, class S>
+void rows_elemt(const T* dy, const T* x, const T* out, T* dx, T* dres, const Geom& g, const S* mean,
+                const S* mean_dy, const S* k, const S* a) {
+  using L = Lanes<T>;
+  using LS = Lanes<S>;
+  using V = typename L::V;
+  constexpr int N = L::N;
+  const int64_t C = g.C, M = g.count();
+  const int64_t grain = std::max<int64_t>(1, 16384 / std::max<int64_t>(C, 1));
+  at::parallel_for(0, M, grain, [&](int64_t r0, int64_t r1) {
+    for (int64_t r = r0; r < r1; ++r) {
+      const T* pd = dy + r * C;
+      const T* px = x + r * C;
+      const T* po = out ? out + r * C : nullptr;
+      T* pdx = dx ? dx + r * C : nullptr;
+      T* pdr = dres ? dres + r * C : nullptr;
+      int64_t c = 0;
+      for (; c + N <= C; c += N) {
+        V d = L::load(pd + c);
+        if (po) d = bn_keep_if_pos(L::load(po + c), d);
+        if (pdr) L::store(pdr + c, d);
+        if (pdx)
+          L::store(pdx + c, bn_grad_input(d, L::load(px + c), LS::load(mean + c), LS::load(mean_dy + c), LS::load(k + c),
+                                          LS::load(a + c)));
+      }
+      for (; c < C; ++c) {
+        S d = static_cast<S>(pd[c]);
+        if (po) d = bn_keep_if_pos(static_cast<S>(po[c]), d);
+        if (pdr) pdr[c] = static_cast<T>(d);
+        if (pdx) pdx[c] = static_cast<T>(bn_grad_input(d, static_cast<S>(px[c]), mean[c], mean_dy[c], k[c], a[c]));
+      }
+    }
+  });
+}
+
+// ---------------------------------------------------------------- entries
+
+void stats(c10::ScalarType dt, const Geom& g, const void* xv, const StatsOut& o) {
+  dispatch(dt, [&](auto t) {
+    using T = decltype(t);
+    const T* x = static_cast<const T*>(xv);
+    if (g.rows) {
+      rows_stats(x, g, o);
+      return;
+    }
+    at::parallel_for(0, g.C, 1, [&](int64_t c0, int64_t c1) {
+      for (int64_t c = c0; c < c1; ++c) {
+        const Welford w = plane_channel_stats(x, g, c);
+        o.n[c] = w.n;
+        o.mean[c] = w.mean;
+        o.m2[c] = w.m2;
+      }
+    });
+  });
+}
+
+void apply(const FwdArgs& a) {
+  dispatch(a.dtype, [&](auto t) {
+    using T = decltype(t);
+    using S = MathOf<T>;
+    const T* x = static_cast<const T*>(a.x);
+    T* y = static_cast<T*>(a.y);
+    const T* res = static_cast<const T*>(a.residual);
+    const S* mean = static_cast<const S*>(a.mean);
+    const S* scale = static_cast<const S*>(a.scale);
+    const S* bias = static_cast<const S*>(a.bias);
+    if (a.g.rows) {
+      rows_apply(x, y, res, a.relu, a.g, mean, scale, bias);
+      return;
+    }
+    at::parallel_for(0, a.g.C, 1, [&](int64_t c0, int64_t c1) {
+      for (int64_t c = c0; c < c1; ++c) plane_channel_apply(x, y, res, a.relu, a.g, c, mean[c], scale[c], bias[c]);
+    });
+  });
+}
+
+// Planes only: statistics and normalisation of each channel back to back.
+void train_fused(const FwdArgs& a) {
+  dispatch(a.dtype, [&](auto t) {
+    using T = decltype(t);
+    using S = MathOf<T>;
+    const T* x = static_cast<const T*>(a.x);
+    T* y = static_cast<T*>(a.y);
+    const T* res = static_cast<const T*>(a.residual);
+    S* mean = static_cast<S*>(a.mean);
+    S* var = static_cast<S*>(a.var);
+    const S* w = static_cast<const S*>(a.weight_in);
+    const S* b = static_cast<const S*>(a.bias_in);
+    at::parallel_for(0, a.g.C, 1, [&](int64_t c0, int64_t c1) {
+      for (int64_t c = c0; c < c1; ++c) {
+        const Welford st = plane_channel_stats(x, a.g, c);
+        mean[c] = static_cast<S>(st.mean);
+        var[c] = static_cast<S>(biased_var(st.n, st.m2));
+        const FwdCoeffs<S> k = fwd_coeffs<S>(mean[c], var[c], w, b, c, a.eps);
+        plane_channel_apply(x, y, res, a.relu, a.g, c, k.mean, k.scale, k.bias);
+      }
+    });
+  });
+}
+
+void bwd_reduce(const BwdArgs& a) {
+  dispatch(a.dtype, [&](auto t) {
+    using T = decltype(t);
+    using S = MathOf<T>;
+    const T* dy = static_cast<const T*>(a.dy);
+    const T* x = static_cast<const T*>(a.x);
+    const T* out = static_cast<const T*>(a.out);
+    const S* mean = static_cast<const S*>(a.mean);
+    if (a.g.rows) {
+      rows_reduce(dy, x, out, a.g, mean, a.sum_dy, a.sum_dy_xmu);
+      return;
+    }
+    at::parallel_for(0, a.g.C, 1, [&](int64_t c0, int64_t c1) {
+      for (int64_t c = c0; c < c1; ++c) plane_channel_reduce(dy, x, out, a.g, c, mean[c], a.sum_dy[c], a.sum_dy_xmu[c]);
+    });
+  });
+}
+
+void bwd_elemt(const BwdArgs& a) {
+  dispatch(a.dtype, [&](auto t) {
+    using T = decltype(t);
+    using S = MathOf<T>;
+    const T* dy = static_cast<const T*>(a.dy);
+    const T* x = static_cast<const T*>(a.x);
+    const T* out = static_cast<const T*>(a.out);
+    T* dx = static_cast<T*>(a.dx);
+    T* dres = static_cast<T*>(a.dres);
+    const S* mean = static_cast<const S*>(a.mean);
+    const S* mdy = static_cast<const S*>(a.mean_dy);
+    const S* kk = static_cast<const S*>(a.k);
+    const S* aa = static_cast<const S*>(a.a);
+    if (a.g.rows) {
+      rows_elemt(dy, x, out, dx, dres, a.g, mean, mdy, kk, aa);
+      return;
+    }
+    at::parallel_for(0, a.g.C, 1, [&](int64_t c0, int64_t c1) {
+      for (int64_t c = c0; c < c1; ++c)
+        plane_channel_elemt(dy, x, out, dx, dres, a.g, c, BwdCoeffs<S>{mean[c], mdy[c], kk[c], aa[c]});
+    });
+  });
+}
+
+// Planes only: reduction and element pass of each channel back to back. Writes the
+// sums (for grad_weight / grad_bias) as well.
+void bwd_fused(const BwdArgs& a) {
+  dispatch(a.dtype, [&](auto t) {
+    using T = decltype(t);
+    using S = MathOf<T>;
+    const T* dy = static_cast<const T*>(a.dy);
+    const T* x = static_cast<const T*>(a.x);
+    const T* out = static_cast<const T*>(a.out);
+    T* dx = static_cast<T*>(a.dx);
+    T* dres = static_cast<T*>(a.dres);
+    const S* mean = static_cast<const S*>(a.mean);
+    const S* var = static_cast<const S*>(a.var);
+    const S* w = static_cast<const S*>(a.weight);
+    at::parallel_for(0, a.g.C, 1, [&](int64_t c0, int64_t c1) {
+      for (int64_t c = c0; c < c1; ++c) {
+        double sdy = 0.0, sdx = 0.0;
+        if (a.training || a.sum_dy) plane_channel_reduce(dy, x, out, a.g, c, mean[c], sdy, sdx);
+        if (a.sum_dy) {
+          a.sum_dy[c] = sdy;
+          a.sum_dy_xmu[c] = sdx;
+        }
+        if (dx || dres) {
+          const BwdCoeffs<S> k = bwd_coeffs<S>(mean[c], var[c], w, c, sdy, sdx, a.count, a.training, a.eps);
+          plane_channel_elemt(dy, x, out, dx, dres, a.g, c, k);
+        }
+      }
+    });
+  });
+}
+
+}  // namespace FO_CPU_NS
+}  // namespace batchnorm
+}  // namespace fusedopt

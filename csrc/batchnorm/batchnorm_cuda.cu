@@ -1,0 +1,571 @@
+// CUDA backend of the batch norm ops.
+//
+// NOTE: these kernels have been compiled (CI, TORCH_CUDA_ARCH_LIST 8.0;9.0) but have
+// never run on a GPU: the development machines have none. The CUDA tests use the
+// `device` fixture and are skipped there.
+//
+// Same checks and layouts as the CPU backend (batchnorm_ops.h), same formulas
+// (batchnorm_math.h). Reductions are deterministic (no float atomics):
+//   planes (NCHW): one block per channel, per-thread Welford, block merge (Chan);
+//   rows (channels_last): blocks of 32 channels x 8 row lanes over a grid of row
+//     slices write per-slice partials; a second kernel merges them in slice order.
+// Element passes are grid-stride loops with 64-bit indices and per-channel
+// coefficients precomputed by a small kernel.
+#include <ATen/core/Tensor.h>
+#include <ATen/ops/empty.h>
+#include <ATen/ops/zeros.h>
+#include <c10/cuda/CUDAException.h>
+#include <c10/cuda/CUDAGuard.h>
+#include <c10/cuda/CUDAStream.h>
+#include <torch/library.h>
+
+#include <algorithm>
+
+#include "../common/dispatch.h"
+#include "batchnorm_math.h"
+#include "batchnorm_ops.h"
+
+namespace fusedopt {
+namespace batchnorm {
+namespace {
+
+constexpr int kBlock = 256;
+constexpr int kTileC = 32;  // channels per block (rows layout)
+constexpr int kTileR = 8;   // row lanes per block (rows layout)
+
+// Per-thread Welford in float for float math, merged in double across threads.
+template <class S>
+struct ThreadWelford {
+  S n = 0, mean = 0, m2 = 0;
+  __device__ void add(S x) {
+    n += S(1);
+    const S d = x - mean;
+    mean += d / n;
+    m2 += d * (x - mean);
+  }
+};
+
+// Merges every thread's (n, mean, m2) of a 1-D block into thread 0, in a fixed order.
+__device__ void block_merge(double& n, double& mean, double& m2) {
+  __shared__ double sn[kBlock], sm[kBlock], s2[kBlock];
+  const int t = threadIdx.x;
+  sn[t] = n;
+  sm[t] = mean;
+  s2[t] = m2;
+  __syncthreads();
+  for (int s = kBlock / 2; s > 0; s >>= 1) {
+    if (t < s) welford_merge(sn[t], sm[t], s2[t], sn[t + s], sm[t + s], s2[t + s]);
+    __syncthreads();
+  }
+  n = sn[0];
+  mean = sm[0];
+  m2 = s2[0];
+}
+
+__device__ void block_sum2(double& a, double& b) {
+  __shared__ double sa[kBlock], sb[kBlock];
+  const int t = threadIdx.x;
+  sa[t] = a;
+  sb[t] = b;
+  __syncthreads();
+  for (int s = kBlock / 2; s > 0; s >>= 1) {
+    if (t < s) {
+      sa[t] += sa[t + s];
+      sb[t] += sb[t + s];
+    }
+    __syncthreads();
+  }
+  a = sa[0];
+  b = sb[0];
+}
+
+// ---------------------------------------------------------------- statistics
+
+template <class T, class S>
+__global__ void stats_planes_kernel(const T* __restrict__ x, Geom g, S* mean, S* var) {
+  const int64_t c = blockIdx.x;
+  ThreadWelford<S> w;
+  for (int64_t n = 0; n < g.N; ++n) {
+    const T* p = x + (n * g.C + c) * g.inner;
+    for (int64_t i = threadIdx.x; i < g.inner; i += blockDim.x) w.add(static_cast<S>(p[i]));
+  }
+  double wn = w.n, wm = w.mean, w2 = w.m2;
+  block_merge(wn, wm, w2);
+  if (threadIdx.x == 0) {
+    mean[c] = static_cast<S>(wm);
+    var[c] = static_cast<S>(biased_var(wn, w2));
+  }
+}
+
+// Partials (n, mean, m2) of row slice blockIdx.y for 32 channels.
+template <class T, class S>
+__global__ void stats_rows_partial_kernel(const T* __restrict__ x, int64_t M, int64_t C, double* part) {
+  const int64_t c = static_cast<int64_t>(blockIdx.x) * kTileC + threadIdx.x;
+  const int64_t slices = gridDim.y;
+  const int64_t r0 = M * blockIdx.y / slices, r1 = M * (blockIdx.y + 1) / slices;
+  ThreadWelford<S> w;
+  if (c < C)
+    for (int64_t r = r0 + threadIdx.y; r < r1; r += kTileR) w.add(static_cast<S>(x[r * C + c]));
+  __shared__ double sn[kTileR][kTileC], sm[kTileR][kTileC], s2[kTileR][kTileC];
+  sn[threadIdx.y][threadIdx.x] = w.n;
+  sm[threadIdx.y][threadIdx.x] = w.mean;
+  s2[threadIdx.y][threadIdx.x] = w.m2;
+  __syncthreads();
+  if (threadIdx.y == 0 && c < C) {
+    double n = 0, mean = 0, m2 = 0;
+    for (int k = 0; k < kTileR; ++k) welford_merge(n, mean, m2, sn[k][threadIdx.x], sm[k][threadIdx.x], s2[k][threadIdx.x]);
+    double* out = part + (static_cast<int64_t>(blockIdx.y) * C + c) * 3;
+    out[0] = n;
+    out[1] = mean;
+    out[2] = m2;
+  }
+}
+
+template <class S>
+__global__ void stats_rows_final_kernel(const double* part, int slices, int64_t C, S* mean, S* var) {
+  const int64_t c = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
+  if (c >= C) return;
+  double n = 0, m = 0, m2 = 0;
+  for (int s = 0; s < slices; ++s) {
+    const double* p = part + (static_cast<int64_t>(s) * C + c) * 3;
+    welford_merge(n, m, m2, p[0], p[1], p[2]);
+  }
+  mean[c] = static_cast<S>(m);
+  var[c] = static_cast<S>(biased_var(n, m2));
+}
+
+// ---------------------------------------------------------------- forward element pass
+
+template <class S>
+__global__ void fwd_coeffs_kernel(const S* mean, const S* var, const S* w, const S* b, int64_t C, double eps, S* scale,
+                                  S* bias) {
+  const int64_t c = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
+  if (c >= C) return;
+  const FwdCoeffs<S> k = fwd_coeffs<S>(mean[c], var[c], w, b, c, eps);
+  scale[c] = k.scale;
+  bias[c] = k.bias;
+}
+
+__device__ __forceinline__ int64_t channel_of(int64_t i, const Geom& g) {
+  return g.rows ? i % g.C : (i / g.inner) % g.C;
+}
+
+template <class T, class S>
+__global__ void apply_kernel(const T* __restrict__ x, T* __restrict__ y, const T* __restrict__ res, bool relu, Geom g,
+                             int64_t numel, const S* mean, const S* scale, const S* bias) {
+  const int64_t stride = static_cast<int64_t>(gridDim.x) * blockDim.x;
+  for (int64_t i = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; i < numel; i += stride) {
+    const int64_t c = channel_of(i, g);
+    const S v = bn_forward(static_cast<S>(x[i]), mean[c], scale[c], bias[c]);
+    y[i] = static_cast<T>(bn_finish(v, res ? static_cast<S>(res[i]) : S(0), res != nullptr, relu));
+  }
+}
+
+// ---------------------------------------------------------------- backward
+
+template <class T, class S>
+__device__ __forceinline__ S masked_dy(const T* dy, const T* out, int64_t i) {
+  const S d = static_cast<S>(dy[i]);
+  return out ? bn_keep_if_pos(static_cast<S>(out[i]), d) : d;
+}
+
+template <class T, class S>
+__global__ void reduce_planes_kernel(const T* __restrict__ dy, const T* __restrict__ x, const T* __restrict__ out,
+                                     Geom g, const S* mean, double* sum_dy, double* sum_dy_xmu) {
+  const int64_t c = blockIdx.x;
+  const S m = mean[c];
+  S a = 0, b = 0;
+  for (int64_t n = 0; n < g.N; ++n) {
+    const int64_t off = (n * g.C + c) * g.inner;
+    for (int64_t i = threadIdx.x; i < g.inner; i += blockDim.x) {
+      const S d = masked_dy<T, S>(dy, out, off + i);
+      a += d;
+      b += d * (static_cast<S>(x[off + i]) - m);
+    }
+  }
+  double da = a, db = b;
+  block_sum2(da, db);
+  if (threadIdx.x == 0) {
+    sum_dy[c] = da;
+    sum_dy_xmu[c] = db;
+  }
+}
+
+template <class T, class S>
+__global__ void reduce_rows_partial_kernel(const T* __restrict__ dy, const T* __restrict__ x, const T* __restrict__ out,
+                                           int64_t M, int64_t C, const S* mean, double* part) {
+  const int64_t c = static_cast<int64_t>(blockIdx.x) * kTileC + threadIdx.x;
+  const int64_t slices = gridDim.y;
+  const int64_t r0 = M * blockIdx.y / slices, r1 = M * (blockIdx.y + 1) / slices;
+  S a = 0, b = 0;
+  if (c < C) {
+    const S m = mean[c];
+    for (int64_t r = r0 + threadIdx.y; r < r1; r += kTileR) {
+      const S d = masked_dy<T, S>(dy, out, r * C + c);
+      a += d;
+      b += d * (static_cast<S>(x[r * C + c]) - m);
+    }
+  }
+  __shared__ double sa[kTileR][kTileC], sb[kTileR][kTileC];
+  sa[threadIdx.y][threadIdx.x] = a;
+  sb[threadIdx.y][threadIdx.x] = b;
+  __syncthreads();
+  if (threadIdx.y == 0 && c < C) {
+    double ta = 0, tb = 0;
+    for (int k = 0; k < kTileR; ++k) {
+      ta += sa[k][threadIdx.x];
+      tb += sb[k][threadIdx.x];
+    }
+    double* p = part + (static_cast<int64_t>(blockIdx.y) * C + c) * 2;
+    p[0] = ta;
+    p[1] = tb;
+  }
+}
+
+__global__ void reduce_rows_final_kernel(const double* part, int slices, int64_t C, double* sum_dy, double* sum_dy_xmu) {
+  const int64_t c = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
+  if (c >= C) return;
+  double a = 0, b = 0;
+  for (int s = 0; s < slices; ++s) {
+    a += part[(static_cast<int64_t>(s) * C + c) * 2];
+    b += part[(static_cast<int64_t>(s) * C + c) * 2 + 1];
+  }
+  sum_dy[c] = a;
+  sum_dy_xmu[c] = b;
+}
+
+// Element-pass coefficients and grad_weight (double) per channel.
+template <class S>
+__global__ void bwd_coeffs_kernel(const S* mean, const S* var, const S* w, const double* sum_dy,
+                                  const double* sum_dy_xmu, int64_t C, double count, bool training, double eps,
+                                  S* mean_dy, S* k, S* a, double* gw) {
+  const int64_t c = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
+  if (c >= C) return;
+  const double sd = sum_dy ? sum_dy[c] : 0.0, sx = sum_dy_xmu ? sum_dy_xmu[c] : 0.0;
+  const BwdCoeffs<S> q = bwd_coeffs<S>(mean[c], var[c], w, c, sd, sx, count, training, eps);
+  mean_dy[c] = q.mean_dy;
+  k[c] = q.k;
+  a[c] = q.a;
+  if (gw) gw[c] = grad_weight(sx, static_cast<double>(var[c]), eps);
+}
+
+template <class T, class S>
+__global__ void elemt_kernel(const T* __restrict__ dy, const T* __restrict__ x, const T* __restrict__ out,
+                             T* __restrict__ dx, T* __restrict__ dres, Geom g, int64_t numel, const S* mean,
+                             const S* mean_dy, const S* k, const S* a) {
+  const int64_t stride = static_cast<int64_t>(gridDim.x) * blockDim.x;
+  for (int64_t i = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; i < numel; i += stride) {
+    const int64_t c = channel_of(i, g);
+    const S d = masked_dy<T, S>(dy, out, i);
+    if (dres) dres[i] = static_cast<T>(d);
+    if (dx) dx[i] = static_cast<T>(bn_grad_input(d, static_cast<S>(x[i]), mean[c], mean_dy[c], k[c], a[c]));
+  }
+}
+
+template <class R>
+__global__ void update_stats_kernel(R* rm, R* rv, const double* mean, const double* var, int64_t C, double momentum,
+                                    int64_t count) {
+  const int64_t c = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
+  if (c >= C) return;
+  rm[c] = static_cast<R>(running_update(static_cast<double>(rm[c]), mean[c], momentum));
+  rv[c] = static_cast<R>(running_update(static_cast<double>(rv[c]), unbiased_var(var[c], count), momentum));
+}
+
+// ---------------------------------------------------------------- launch helpers
+
+unsigned blocks_for(int64_t n, int64_t per = kBlock) {
+  return static_cast<unsigned>(std::max<int64_t>(1, std::min<int64_t>((n + per - 1) / per, int64_t(1) << 20)));
+}
+int row_slices(int64_t M) { return static_cast<int>(std::max<int64_t>(1, std::min<int64_t>(512, M / 64))); }
+cudaStream_t stream() { return c10::cuda::getCurrentCUDAStream(); }
+
+// mean/var (S) of the prepared input.
+void stats_into(const Prepared& p, at::Tensor& mean, at::Tensor& var) {
+  dispatch_dtype(p.x.scalar_type(), [&](auto t, auto s) {
+    using T = decltype(t);
+    using S = decltype(s);
+    const T* x = static_cast<const T*>(p.x.data_ptr());
+    if (!p.g.rows) {
+      stats_planes_kernel<T, S><<<static_cast<unsigned>(p.g.C), kBlock, 0, stream()>>>(x, p.g, mean.data_ptr<S>(),
+                                                                                         var.data_ptr<S>());
+      C10_CUDA_KERNEL_LAUNCH_CHECK();
+      return;
+    }
+    const int slices = row_slices(p.g.count());
+    at::Tensor part = at::empty({slices, p.g.C, 3}, p.x.options().dtype(c10::kDouble));
+    dim3 grid(static_cast<unsigned>((p.g.C + kTileC - 1) / kTileC), static_cast<unsigned>(slices));
+    stats_rows_partial_kernel<T, S><<<grid, dim3(kTileC, kTileR), 0, stream()>>>(x, p.g.count(), p.g.C,
+                                                                                 part.data_ptr<double>());
+    C10_CUDA_KERNEL_LAUNCH_CHECK();
+    stats_rows_final_kernel<S><<<blocks_for(p.g.C), kBlock, 0, stream()>>>(part.data_ptr<double>(), slices, p.g.C,
+                                                                         mean.data_ptr<S>(), var.data_ptr<S>());
+    C10_CUDA_KERNEL_LAUNCH_CHECK();
+  });
+}
+
+void normalise(const Prepared& p, const at::Tensor& mean, const at::Tensor& var, const OptTensor& w,
+               const OptTensor& b, const OptTensor& r, bool relu, double eps, at::Tensor& y) {
+  at::Tensor coeffs = at::empty({2, p.g.C}, mean.options());
+  dispatch_dtype(p.x.scalar_type(), [&](auto t, auto s) {
+    using T = decltype(t);
+    using S = decltype(s);
+    S* scale = coeffs.data_ptr<S>();
+    S* bias = scale + p.g.C;
+    fwd_coeffs_kernel<S><<<blocks_for(p.g.C), kBlock, 0, stream()>>>(
+        mean.data_ptr<S>(), var.data_ptr<S>(), w ? w->data_ptr<S>() : nullptr, b ? b->data_ptr<S>() : nullptr, p.g.C,
+        eps, scale, bias);
+    C10_CUDA_KERNEL_LAUNCH_CHECK();
+    const int64_t numel = p.x.numel();
+    apply_kernel<T, S><<<blocks_for(numel), kBlock, 0, stream()>>>(
+        static_cast<const T*>(p.x.data_ptr()), static_cast<T*>(y.data_ptr()),
+        r ? static_cast<const T*>(r->data_ptr()) : nullptr, relu, p.g, numel, mean.data_ptr<S>(), scale, bias);
+    C10_CUDA_KERNEL_LAUNCH_CHECK();
+  });
+}
+
+// Per-channel sums of dy' and dy' * (x - mean), float64.
+void reduce_into(const Prepared& p, const at::Tensor& dy, const at::Tensor* out, const at::Tensor& mean, double* sum_dy,
+                 double* sum_dy_xmu) {
+  dispatch_dtype(p.x.scalar_type(), [&](auto t, auto s) {
+    using T = decltype(t);
+    using S = decltype(s);
+    const T* d = static_cast<const T*>(dy.data_ptr());
+    const T* x = static_cast<const T*>(p.x.data_ptr());
+    const T* o = out ? static_cast<const T*>(out->data_ptr()) : nullptr;
+    if (!p.g.rows) {
+      reduce_planes_kernel<T, S><<<static_cast<unsigned>(p.g.C), kBlock, 0, stream()>>>(d, x, o, p.g,
+                                                                                         mean.data_ptr<S>(), sum_dy,
+                                                                                         sum_dy_xmu);
+      C10_CUDA_KERNEL_LAUNCH_CHECK();
+      return;
+    }
+    const int slices = row_slices(p.g.count());
+    at::Tensor part = at::empty({slices, p.g.C, 2}, p.x.options().dtype(c10::kDouble));
+    dim3 grid(static_cast<unsigned>((p.g.C + kTileC - 1) / kTileC), static_cast<unsigned>(slices));
+    reduce_rows_partial_kernel<T, S><<<grid, dim3(kTileC, kTileR), 0, stream()>>>(d, x, o, p.g.count(), p.g.C,
+                                                                                  mean.data_ptr<S>(),
+                                                                                  part.data_ptr<double>());
+    C10_CUDA_KERNEL_LAUNCH_CHECK();
+    reduce_rows_final_kernel<<<blocks_for(p.g.C), kBlock, 0, stream()>>>(part.data_ptr<double>(), slices, p.g.C, sum_dy,
+                                                                       sum_dy_xmu);
+    C10_CUDA_KERNEL_LAUNCH_CHECK();
+  });
+}
+
+// Coefficients (and grad_weight when gw is given), then the element pass.
+void elemt_into(const Prepared& p, const at::Tensor& dy, const at::Tensor* out, const OptTensor& w,
+                const at::Tensor& mean, const at::Tensor& var, const double* sum_dy, const double* sum_dy_xmu,
+                double count, bool training, double eps, double* gw, at::Tensor* dx, at::Tensor* dres) {
+  at::Tensor coeffs = at::empty({3, p.g.C}, mean.options());
+  dispatch_dtype(p.x.scalar_type(), [&](auto t, auto s) {
+    using T = decltype(t);
+    using S = decltype(s);
+    S* mdy = coeffs.data_ptr<S>();
+    S* k = mdy + p.g.C;
+    S* a = k + p.g.C;
+    bwd_coeffs_kernel<S><<<blocks_for(p.g.C), kBlock, 0, stream()>>>(
+        mean.data_ptr<S>(), var.data_ptr<S>(), w ? w->data_ptr<S>() : nullptr, sum_dy, sum_dy_xmu, p.g.C, count,
+        training, eps, mdy, k, a, gw);
+    C10_CUDA_KERNEL_LAUNCH_CHECK();
+    if (!dx && !dres) return;
+    const int64_t numel = p.x.numel();
+    if (numel == 0) return;
+    elemt_kernel<T, S><<<blocks_for(numel), kBlock, 0, stream()>>>(
+        static_cast<const T*>(dy.data_ptr()), static_cast<const T*>(p.x.data_ptr()),
+        out ? static_cast<const T*>(out->data_ptr()) : nullptr, dx ? static_cast<T*>(dx->data_ptr()) : nullptr,
+        dres ? static_cast<T*>(dres->data_ptr()) : nullptr, p.g, numel, mean.data_ptr<S>(), mdy, k, a);
+    C10_CUDA_KERNEL_LAUNCH_CHECK();
+  });
+}
+
+OptTensor residual_like(const OptTensor& r, const Prepared& p, const char* op) {
+  if (!r.has_value() || !r->defined()) return std::nullopt;
+  return like_input(*r, p, op, "residual");
+}
+
+// ---------------------------------------------------------------- ops
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor> batch_norm_train(const at::Tensor& input, const OptTensor& weight,
+                                                                 const OptTensor& bias, const OptTensor& residual,
+                                                                 bool relu, double eps) {
+  const char* op = "fusedopt::batch_norm_train";
+  const Prepared p = prepare_input(input, op);
+  check_eps(eps, op);
+  const c10::cuda::CUDAGuard guard(p.x.device());
+  const OptTensor w = channel_param(weight, p, op, "weight");
+  const OptTensor b = channel_param(bias, p, op, "bias");
+  const OptTensor r = residual_like(residual, p, op);
+  at::Tensor y = empty_output(p);
+  at::Tensor mean = channel_empty(p, p.acc), var = channel_empty(p, p.acc);
+  if (p.g.C == 0) return {y, mean, var};
+  if (p.g.count() == 0) {
+    mean.fill_(NAN);
+    var.fill_(NAN);
+    return {y, mean, var};
+  }
+  stats_into(p, mean, var);
+  normalise(p, mean, var, w, b, r, relu, eps, y);
+  return {y, mean, var};
+}
+
+at::Tensor batch_norm_eval(const at::Tensor& input, const at::Tensor& mean, const at::Tensor& var,
+                           const OptTensor& weight, const OptTensor& bias, const OptTensor& residual, bool relu,
+                           double eps) {
+  const char* op = "fusedopt::batch_norm_eval";
+  const Prepared p = prepare_input(input, op);
+  check_eps(eps, op);
+  const c10::cuda::CUDAGuard guard(p.x.device());
+  const at::Tensor m = channel_param(mean, p, op, "mean");
+  const at::Tensor v = channel_param(var, p, op, "var");
+  const OptTensor w = channel_param(weight, p, op, "weight");
+  const OptTensor b = channel_param(bias, p, op, "bias");
+  const OptTensor r = residual_like(residual, p, op);
+  at::Tensor y = empty_output(p);
+  if (y.numel() == 0) return y;
+  normalise(p, m, v, w, b, r, relu, eps, y);
+  return y;
+}
+
+void batch_norm_update_stats_(const at::Tensor& running_mean, const at::Tensor& running_var, const at::Tensor& mean,
+                              const at::Tensor& var, double momentum, int64_t count) {
+  const char* op = "fusedopt::batch_norm_update_stats_";
+  const int64_t C = running_mean.numel();
+  auto check = [&](const at::Tensor& t, const char* name) {
+    TORCH_CHECK_VALUE(t.dim() == 1 && t.numel() == C, op, ": ", name, " should contain ", C, " elements, got shape ",
+                      t.sizes());
+    TORCH_CHECK_TYPE(supported_dtype(t.scalar_type()), op, ": ", name, " must be a floating tensor, got ",
+                     t.scalar_type());
+    TORCH_CHECK_VALUE(t.device() == running_mean.device(), op, ": ", name, " is on ", t.device(),
+                      " but running_mean is on ", running_mean.device());
+  };
+  check(running_mean, "running_mean");
+  check(running_var, "running_var");
+  check(mean, "mean");
+  check(var, "var");
+  TORCH_CHECK_VALUE(running_mean.is_contiguous() && running_var.is_contiguous(), op,
+                    ": running_mean and running_var must be contiguous 1-D tensors");
+  TORCH_CHECK_TYPE(running_mean.scalar_type() == running_var.scalar_type(), op,
+                   ": running_mean and running_var must have one dtype");
+  TORCH_CHECK_VALUE(count >= 0, op, ": count must be non-negative, got ", count);
+  if (C == 0) return;
+  const c10::cuda::CUDAGuard guard(running_mean.device());
+  const at::Tensor m = mean.to(c10::kDouble).contiguous(), v = var.to(c10::kDouble).contiguous();
+  dispatch_dtype(running_mean.scalar_type(), [&](auto t, auto) {
+    using R = decltype(t);
+    update_stats_kernel<R><<<blocks_for(C), kBlock, 0, stream()>>>(
+        static_cast<R*>(running_mean.data_ptr()), static_cast<R*>(running_var.data_ptr()), m.data_ptr<double>(),
+        v.data_ptr<double>(), C, momentum, count);
+    C10_CUDA_KERNEL_LAUNCH_CHECK();
+  });
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> batch_norm_backward(
+    const at::Tensor& grad_out, const at::Tensor& input, const OptTensor& weight, const at::Tensor& mean,
+    const at::Tensor& var, const OptTensor& output, bool relu, bool training, double eps, std::array<bool, 4> mask) {
+  const char* op = "fusedopt::batch_norm_backward";
+  const Prepared p = prepare_input(input, op);
+  check_eps(eps, op);
+  const c10::cuda::CUDAGuard guard(p.x.device());
+  const at::Tensor dy = like_input(grad_out, p, op, "grad_out");
+  const OptTensor w = channel_param(weight, p, op, "weight");
+  const at::Tensor m = channel_param(mean, p, op, "mean");
+  const at::Tensor v = channel_param(var, p, op, "var");
+  TORCH_CHECK_VALUE(!relu || (output.has_value() && output->defined()), op,
+                    ": relu=True needs the forward output (the relu mask is recomputed from it)");
+  at::Tensor out;
+  if (relu) out = like_input(*output, p, op, "output");
+  const bool want_sums = training || mask[1] || mask[2];
+  at::Tensor sdy = at::zeros({p.g.C}, m.options().dtype(c10::kDouble));
+  at::Tensor sdx = at::zeros({p.g.C}, m.options().dtype(c10::kDouble));
+  at::Tensor gw64 = at::zeros({p.g.C}, m.options().dtype(c10::kDouble));
+  if (want_sums && p.x.numel() > 0)
+    reduce_into(p, dy, relu ? &out : nullptr, m, sdy.data_ptr<double>(), sdx.data_ptr<double>());
+  at::Tensor dx = mask[0] ? empty_output(p) : at::Tensor();
+  at::Tensor dres = mask[3] ? empty_output(p) : at::Tensor();
+  if (p.g.C > 0)
+    elemt_into(p, dy, relu ? &out : nullptr, w, m, v, sdy.data_ptr<double>(), sdx.data_ptr<double>(),
+               static_cast<double>(p.g.count()), training, eps, gw64.data_ptr<double>(), mask[0] ? &dx : nullptr,
+               mask[3] ? &dres : nullptr);
+  const auto param_dtype = weight.has_value() && weight->defined() ? weight->scalar_type() : p.acc;
+  at::Tensor gw = mask[1] ? gw64.to(param_dtype) : not_requested(m);
+  at::Tensor gb = mask[2] ? sdy.to(param_dtype) : not_requested(m);
+  if (!mask[0]) dx = not_requested(p.x);
+  if (!mask[3]) dres = not_requested(p.x);
+  return {dx, gw, gb, dres};
+}
+
+std::tuple<at::Tensor, at::Tensor> batch_norm_stats(const at::Tensor& input) {
+  const char* op = "fusedopt::batch_norm_stats";
+  const Prepared p = prepare_input(input, op);
+  const c10::cuda::CUDAGuard guard(p.x.device());
+  at::Tensor mean = channel_empty(p, p.acc), var = channel_empty(p, p.acc);
+  if (p.g.C == 0) return {mean, var};
+  if (p.g.count() == 0) {
+    mean.fill_(NAN);
+    var.fill_(NAN);
+    return {mean, var};
+  }
+  stats_into(p, mean, var);
+  return {mean, var};
+}
+
+std::tuple<at::Tensor, at::Tensor> batch_norm_backward_reduce(const at::Tensor& grad_out, const at::Tensor& input,
+                                                              const at::Tensor& mean, const OptTensor& output) {
+  const char* op = "fusedopt::batch_norm_backward_reduce";
+  const Prepared p = prepare_input(input, op);
+  const c10::cuda::CUDAGuard guard(p.x.device());
+  const at::Tensor dy = like_input(grad_out, p, op, "grad_out");
+  const at::Tensor m = channel_param(mean, p, op, "mean");
+  at::Tensor out;
+  if (output.has_value() && output->defined()) out = like_input(*output, p, op, "output");
+  at::Tensor sdy = at::zeros({p.g.C}, m.options().dtype(c10::kDouble));
+  at::Tensor sdx = at::zeros({p.g.C}, m.options().dtype(c10::kDouble));
+  if (p.x.numel() == 0 || p.g.C == 0) return {sdy, sdx};
+  reduce_into(p, dy, out.defined() ? &out : nullptr, m, sdy.data_ptr<double>(), sdx.data_ptr<double>());
+  return {sdy, sdx};
+}
+
+at::Tensor batch_norm_backward_elemt(const at::Tensor& grad_out, const at::Tensor& input, const OptTensor& weight,
+                                     const at::Tensor& mean, const at::Tensor& var, const OptTensor& output,
+                                     const at::Tensor& sum_dy, const at::Tensor& sum_dy_xmu, double count,
+                                     double eps) {
+  const char* op = "fusedopt::batch_norm_backward_elemt";
+  const Prepared p = prepare_input(input, op);
+  check_eps(eps, op);
+  const c10::cuda::CUDAGuard guard(p.x.device());
+  const at::Tensor dy = like_input(grad_out, p, op, "grad_out");
+  const OptTensor w = channel_param(weight, p, op, "weight");
+  const at::Tensor m = channel_param(mean, p, op, "mean");
+  const at::Tensor v = channel_param(var, p, op, "var");
+  auto sums = [&](const at::Tensor& t, const char* name) {
+    TORCH_CHECK_VALUE(t.dim() == 1 && t.numel() == p.g.C, op, ": ", name, " should contain ", p.g.C,
+                      " elements, got shape ", t.sizes());
+    TORCH_CHECK_VALUE(t.device() == p.x.device(), op, ": ", name, " is on ", t.device(), " but input is on ",
+                      p.x.device());
+    return t.to(c10::kDouble).contiguous();
+  };
+  const at::Tensor sd = sums(sum_dy, "sum_dy"), sx = sums(sum_dy_xmu, "sum_dy_xmu");
+  TORCH_CHECK_VALUE(count > 0, op, ": count must be positive, got ", count);
+  at::Tensor out;
+  if (output.has_value() && output->defined()) out = like_input(*output, p, op, "output");
+  at::Tensor dx = empty_output(p);
+  if (p.x.numel() == 0 || p.g.C == 0) return dx;
+  elemt_into(p, dy, out.defined() ? &out : nullptr, w, m, v, sd.data_ptr<double>(), sx.data_ptr<double>(), count, true,
+             eps, nullptr, &dx, nullptr);
+  return dx;
+}
+
+}  // namespace
+}  // namespace batchnorm
+}  // namespace fusedopt
+
+TORCH_LIBRARY_IMPL(fusedopt, CUDA, m) {
+  using namespace fusedopt::batchnorm;
+  m.impl("batch_norm_train", &batch_norm_train);
+  m.impl("batch_norm_eval", &batch_norm_eval);
+  m.impl("batch_norm_update_stats_", &batch_norm_update_stats_);
+  m.impl("batch_norm_backward", &batch_norm_backward);
+  m.impl("batch_norm_stats", &batch_norm_stats);
+  m.impl("batch_norm_backward_reduce", &batch_norm_backward_reduce);
+  m.impl("batch_norm_backward_elemt", &batch_norm_backward_elemt);
+}

@@ -1,0 +1,120 @@
+#pragma once
+// The batch norm op layer shared by the CPU (batchnorm_cpu.cpp) and CUDA
+// (batchnorm_cuda.cu) backends: argument checks, done before anything is written, and
+// the memory layout the kernels walk.
+//
+// Layouts: an input whose (n, c) planes are contiguous (NCHW-style) runs the "planes"
+// kernels; one whose channels are the innermost dimension (channels_last,
+// channels_last_3d, (N, C), or any layout where moving dim 1 last is contiguous) runs
+// the "rows" kernels. Any other strides are copied to a contiguous tensor first. The
+// output has the (possibly copied) input's strides, so channels_last stays channels_last.
+#include <ATen/core/Tensor.h>
+#include <ATen/ops/empty.h>
+#include <ATen/ops/empty_like.h>
+#include <c10/util/Exception.h>
+
+#include <array>
+#include <optional>
+#include <tuple>
+
+#include "batchnorm_kernels.h"
+
+namespace fusedopt {
+namespace batchnorm {
+
+using OptTensor = std::optional<at::Tensor>;
+
+inline bool supported_dtype(c10::ScalarType t) {
+  return t == c10::kFloat || t == c10::kDouble || t == c10::kBFloat16 || t == c10::kHalf;
+}
+// The per-channel math type: double for double inputs, float otherwise.
+inline c10::ScalarType math_dtype(c10::ScalarType t) { return t == c10::kDouble ? c10::kDouble : c10::kFloat; }
+
+struct Prepared {
+  at::Tensor x;
+  Geom g;
+  c10::ScalarType acc;
+};
+
+inline Prepared prepare_input(const at::Tensor& input, const char* op) {
+  TORCH_CHECK_VALUE(input.defined(), op, ": input is undefined");
+  TORCH_CHECK_VALUE(input.dim() >= 2, op, ": expected an input of shape (N, C, *) with at least 2 dims, got ",
+                    input.dim(), "D input of shape ", input.sizes());
+  TORCH_CHECK_TYPE(supported_dtype(input.scalar_type()), op,
+                   ": input must be float32, float64, float16 or bfloat16, got ", input.scalar_type());
+  TORCH_CHECK_VALUE(input.layout() == c10::kStrided, op, ": input must be a dense (strided) tensor");
+  Prepared p;
+  p.acc = math_dtype(input.scalar_type());
+  p.g.N = input.size(0);
+  p.g.C = input.size(1);
+  p.g.inner = 1;
+  for (int64_t d = 2; d < input.dim(); ++d) p.g.inner *= input.size(d);
+  at::Tensor x = input;
+  if (x.is_contiguous()) {
+    p.g.rows = p.g.inner == 1;  // (N, C): the same addresses either way
+  } else if (x.movedim(1, -1).is_contiguous()) {
+    p.g.rows = true;
+  } else {
+    x = x.contiguous();  // other strides: one copy, documented in the Python wrappers
+    p.g.rows = p.g.inner == 1;
+  }
+  p.x = x;
+  return p;
+}
+
+// A tensor of the input's shape, laid out like the (prepared) input so that one linear
+// walk serves both.
+inline bool same_layout(const at::Tensor& t, const at::Tensor& x) {
+  if (t.sizes() != x.sizes()) return false;
+  for (int64_t d = 0; d < x.dim(); ++d)
+    if (x.size(d) > 1 && t.stride(d) != x.stride(d)) return false;
+  return true;
+}
+inline at::Tensor like_input(const at::Tensor& t, const Prepared& p, const char* op, const char* name) {
+  TORCH_CHECK_VALUE(t.defined(), op, ": ", name, " is undefined");
+  TORCH_CHECK_VALUE(t.sizes() == p.x.sizes(), op, ": ", name, " must have the input's shape ", p.x.sizes(), ", got ",
+                    t.sizes());
+  TORCH_CHECK_TYPE(t.scalar_type() == p.x.scalar_type(), op, ": ", name, " must have the input's dtype ",
+                   p.x.scalar_type(), ", got ", t.scalar_type());
+  TORCH_CHECK_VALUE(t.device() == p.x.device(), op, ": ", name, " is on ", t.device(), " but input is on ",
+                    p.x.device());
+  TORCH_CHECK_VALUE(t.layout() == c10::kStrided, op, ": ", name, " must be a dense (strided) tensor");
+  if (same_layout(t, p.x)) return t;
+  at::Tensor out = at::empty_like(p.x);
+  out.copy_(t);
+  return out;
+}
+inline at::Tensor empty_output(const Prepared& p) { return at::empty_like(p.x); }
+
+// A per-channel tensor (weight, bias, mean, var): 1-D with C elements, of the input's
+// dtype or its math dtype; returned contiguous in the math dtype.
+inline at::Tensor channel_param(const at::Tensor& t, const Prepared& p, const char* op, const char* name) {
+  TORCH_CHECK_VALUE(t.dim() == 1 && t.numel() == p.g.C, op, ": ", name, " should contain ", p.g.C,
+                    " elements (one per channel of the input) but has shape ", t.sizes());
+  TORCH_CHECK_TYPE(t.scalar_type() == p.acc || t.scalar_type() == p.x.scalar_type(), op, ": ", name,
+                   " must be ", p.acc, (p.acc == p.x.scalar_type() ? "" : " or the input's dtype"), " for a ",
+                   p.x.scalar_type(), " input, got ", t.scalar_type());
+  TORCH_CHECK_VALUE(t.device() == p.x.device(), op, ": ", name, " is on ", t.device(), " but input is on ",
+                    p.x.device());
+  TORCH_CHECK_VALUE(t.layout() == c10::kStrided, op, ": ", name, " must be a dense (strided) tensor");
+  return t.to(p.acc).contiguous();
+}
+inline OptTensor channel_param(const OptTensor& t, const Prepared& p, const char* op, const char* name) {
+  if (!t.has_value() || !t->defined()) return std::nullopt;
+  return channel_param(*t, p, op, name);
+}
+inline const void* ptr_or_null(const OptTensor& t) { return t.has_value() ? t->data_ptr() : nullptr; }
+
+inline at::Tensor channel_empty(const Prepared& p, c10::ScalarType dt) {
+  return at::empty({p.g.C}, p.x.options().dtype(dt));
+}
+// Outputs the caller did not ask for (output_mask false) are empty tensors, so that
+// every return is a defined tensor of a shape known in advance.
+inline at::Tensor not_requested(const at::Tensor& like) { return at::empty({0}, like.options()); }
+
+inline void check_eps(double eps, const char* op) {
+  TORCH_CHECK_VALUE(eps >= 0.0, op, ": eps must be non-negative, got ", eps);
+}
+
+}  // namespace batchnorm
+}  // namespace fusedopt

@@ -1,0 +1,190 @@
+"""Fake implementations and autograd formulas of the batch norm ops (csrc/batchnorm).
+
+Single backward runs our kernel (fusedopt::batch_norm_backward). Double backward (the
+autograd formula of batch_norm_backward itself) differentiates the same backward
+formula written with plain torch ops: a rare path (gradient penalties, gradgradcheck)
+that is not fused on purpose.
+"""
+import torch
+
+ops = torch.ops.fusedopt
+
+
+def _math_dtype(dtype):
+    return torch.float64 if dtype == torch.float64 else torch.float32
+
+
+def _like_input(input):
+    """The strides the kernels give their outputs (batchnorm_ops.h): the input's when its
+    planes or its channel rows are contiguous, contiguous otherwise."""
+    if input.is_contiguous() or input.movedim(1, -1).is_contiguous():
+        return torch.empty_like(input)
+    return torch.empty_like(input, memory_format=torch.contiguous_format)
+
+
+def _channels(input, dtype):
+    return input.new_empty((input.shape[1],), dtype=dtype)
+
+
+# ---------------------------------------------------------------- fakes
+
+@torch.library.register_fake("fusedopt::batch_norm_train")
+def _train_fake(input, weight, bias, residual, relu, eps):
+    acc = _math_dtype(input.dtype)
+    return _like_input(input), _channels(input, acc), _channels(input, acc)
+
+
+@torch.library.register_fake("fusedopt::batch_norm_eval")
+def _eval_fake(input, mean, var, weight, bias, residual, relu, eps):
+    return _like_input(input)
+
+
+@torch.library.register_fake("fusedopt::batch_norm_update_stats_")
+def _update_fake(running_mean, running_var, mean, var, momentum, count):
+    return None
+
+
+@torch.library.register_fake("fusedopt::batch_norm_backward")
+def _backward_fake(grad_out, input, weight, mean, var, output, relu, training, eps, output_mask):
+    pdt = weight.dtype if weight is not None else _math_dtype(input.dtype)
+    gi = _like_input(input) if output_mask[0] else input.new_empty((0,))
+    gw = _channels(input, pdt) if output_mask[1] else input.new_empty((0,), dtype=mean.dtype)
+    gb = _channels(input, pdt) if output_mask[2] else input.new_empty((0,), dtype=mean.dtype)
+    gr = _like_input(input) if output_mask[3] else input.new_empty((0,))
+    return gi, gw, gb, gr
+
+
+@torch.library.register_fake("fusedopt::batch_norm_stats")
+def _stats_fake(input):
+    acc = _math_dtype(input.dtype)
+    return _channels(input, acc), _channels(input, acc)
+
+
+@torch.library.register_fake("fusedopt::batch_norm_backward_reduce")
+def _reduce_fake(grad_out, input, mean, output):
+    return _channels(input, torch.float64), _channels(input, torch.float64)
+
+
+@torch.library.register_fake("fusedopt::batch_norm_backward_elemt")
+def _elemt_fake(grad_out, input, weight, mean, var, output, sum_dy, sum_dy_xmu, count, eps):
+    return _like_input(input)
+
+
+# ---------------------------------------------------------------- autograd
+
+def _per_channel(t, ndim):
+    return t.reshape((1, -1) + (1,) * (ndim - 2))
+
+
+def _mean_var_grad(input, mean, g_mean, g_var):
+    """d(batch mean)/dx and d(biased batch var)/dx contributions (rarely non-zero: only
+    when something differentiates through the returned statistics)."""
+    n = input.numel() // input.shape[1]
+    acc = mean.dtype
+    x = input.to(acc)
+    g = torch.zeros_like(x)
+    if g_mean is not None:
+        g = g + _per_channel(g_mean, x.dim()) / n
+    if g_var is not None:
+        g = g + _per_channel(g_var, x.dim()) * 2.0 * (x - _per_channel(mean, x.dim())) / n
+    return g.to(input.dtype)
+
+
+def _train_setup(ctx, inputs, output):
+    input, weight, bias, residual, relu, eps = inputs
+    out, mean, var = output
+    ctx.set_materialize_grads(False)
+    ctx.relu, ctx.eps = relu, eps
+    ctx.save_for_backward(input, weight, mean, var, out if relu else None)
+
+
+def _train_backward(ctx, g_out, g_mean, g_var):
+    input, weight, mean, var, out = ctx.saved_tensors
+    need = ctx.needs_input_grad
+    gi = gw = gb = gr = None
+    if g_out is not None:
+        mask = [need[0], need[1] and weight is not None, need[2], need[3]]
+        if any(mask):
+            gi, gw, gb, gr = ops.batch_norm_backward(g_out, input, weight, mean, var, out, ctx.relu, True, ctx.eps, mask)
+    if need[0] and (g_mean is not None or g_var is not None):
+        extra = _mean_var_grad(input, mean, g_mean, g_var)
+        gi = extra if gi is None else gi + extra
+    return (gi if need[0] else None, gw if need[1] else None, gb if need[2] else None,
+            gr if need[3] else None, None, None)
+
+
+torch.library.register_autograd("fusedopt::batch_norm_train", _train_backward, setup_context=_train_setup)
+
+
+def _eval_setup(ctx, inputs, output):
+    input, mean, var, weight, bias, residual, relu, eps = inputs
+    ctx.relu, ctx.eps = relu, eps
+    ctx.save_for_backward(input, weight, mean, var, output if relu else None)
+
+
+def _eval_backward(ctx, g_out):
+    input, weight, mean, var, out = ctx.saved_tensors
+    need = ctx.needs_input_grad
+    mask = [need[0], need[3] and weight is not None, need[4], need[5]]
+    gi = gw = gb = gr = None
+    if any(mask):
+        gi, gw, gb, gr = ops.batch_norm_backward(g_out, input, weight, mean, var, out, ctx.relu, False, ctx.eps, mask)
+    # The statistics are constants of the eval forward (as in torch: running stats get no grad).
+    return (gi if need[0] else None, None, None, gw if need[3] else None, gb if need[4] else None,
+            gr if need[5] else None, None, None)
+
+
+torch.library.register_autograd("fusedopt::batch_norm_eval", _eval_backward, setup_context=_eval_setup)
+
+
+def backward_formula(grad_out, input, weight, mean, var, output, relu, training, eps):
+    """batch_norm_backward written with plain torch ops (math dtype): the function that
+    double backward differentiates, and nothing else."""
+    acc = mean.dtype
+    nd = input.dim()
+    dims = [0] + list(range(2, nd))
+    n = input.numel() // input.shape[1]
+    d = grad_out.to(acc)
+    if relu:
+        d = d * (output > 0).to(acc)
+    x = input.to(acc)
+    istd = torch.rsqrt(var.to(acc) + eps)
+    xmu = x - _per_channel(mean, nd)
+    sum_dy = d.sum(dims)
+    sum_dy_xmu = (d * xmu).sum(dims)
+    a = istd if weight is None else istd * weight.to(acc)
+    if training:
+        gi = (d - _per_channel(sum_dy / n, nd) - xmu * _per_channel(istd * istd * sum_dy_xmu / n, nd)) * _per_channel(a, nd)
+    else:
+        gi = d * _per_channel(a, nd)
+    return gi, sum_dy_xmu * istd, sum_dy, d
+
+
+def _bwd_setup(ctx, inputs, output):
+    grad_out, input, weight, mean, var, out, relu, training, eps, output_mask = inputs
+    ctx.set_materialize_grads(False)
+    ctx.args = (relu, training, eps, list(output_mask))
+    ctx.save_for_backward(grad_out, input, weight, mean, var, out)
+
+
+def _bwd_backward(ctx, *ggs):
+    grad_out, input, weight, mean, var, out = ctx.saved_tensors
+    relu, training, eps, mask = ctx.args
+    need = ctx.needs_input_grad
+    leaves = [grad_out, input, weight, mean, var]
+    wanted = [i for i, t in enumerate(leaves) if t is not None and need[i]]
+    result = [None] * 10
+    used = [(i, g) for i, g in enumerate(ggs) if g is not None and mask[i] and g.numel() > 0]
+    if not wanted or not used:
+        return tuple(result)
+    with torch.enable_grad():
+        det = [t.detach().requires_grad_(i in wanted) if t is not None else None for i, t in enumerate(leaves)]
+        outs = backward_formula(det[0], det[1], det[2], det[3], det[4], out, relu, training, eps)
+        grads = torch.autograd.grad([outs[i] for i, _ in used], [det[i] for i in wanted],
+                                    [g.to(outs[i].dtype) for i, g in used], allow_unused=True)
+    for i, g in zip(wanted, grads):
+        result[i] = None if g is None else g.to(leaves[i].dtype)
+    return tuple(result)
+
+
+torch.library.register_autograd("fusedopt::batch_norm_backward", _bwd_backward, setup_context=_bwd_setup)

@@ -1,0 +1,456 @@
+"""fusedopt.nn batch norm against torch.nn and the float64 reference
+(fusedopt/reference/batchnorm.py): outputs, grads, running stats, layouts, dtypes,
+double backward, ops (opcheck), torch.compile, errors."""
+import copy
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+import fusedopt
+from fusedopt import reference
+from fusedopt.nn import BatchNorm1d, BatchNorm2d, BatchNorm3d, BatchNormReLU2d, fold_bn_into_conv
+from fusedopt.nn import functional as FF
+
+ops = torch.ops.fusedopt
+
+TORCH_BN = {1: nn.BatchNorm1d, 2: nn.BatchNorm2d, 3: nn.BatchNorm3d}
+FUSED_BN = {1: BatchNorm1d, 2: BatchNorm2d, 3: BatchNorm3d}
+# Tolerances per dtype (atol, rtol) against torch and against the float64 reference.
+TOL = {
+    torch.float64: (1e-10, 1e-10),
+    torch.float32: (2e-5, 2e-5),
+    torch.bfloat16: (4e-2, 2e-2),
+    torch.float16: (5e-3, 5e-3),
+}
+
+
+def _layout(x, channels_last):
+    if not channels_last:
+        return x
+    if x.dim() == 4:
+        return x.contiguous(memory_format=torch.channels_last)
+    if x.dim() == 5:
+        return x.contiguous(memory_format=torch.channels_last_3d)
+    if x.dim() == 3:
+        return x.transpose(1, 2).contiguous().transpose(1, 2)  # (N, C, L) with channels innermost
+    return x.t().contiguous().t()  # (N, C) column-major: neither layout, copied by the op
+
+
+def _close(a, b, dtype, what, scale=1.0):
+    atol, rtol = TOL[dtype]
+    torch.testing.assert_close(a.double(), b.double(), atol=atol * scale, rtol=rtol * scale, msg=lambda m: f"{what}: {m}")
+
+
+def _pair(kind, c, dtype, **kw):
+    ref = TORCH_BN[kind](c, **kw)
+    with torch.no_grad():
+        if ref.weight is not None:
+            ref.weight.uniform_(0.5, 1.5)
+        if ref.bias is not None:
+            ref.bias.uniform_(-0.5, 0.5)
+        if ref.running_mean is not None:
+            ref.running_mean.uniform_(-0.3, 0.3)
+            ref.running_var.uniform_(0.5, 1.5)
+    if dtype == torch.float64:
+        ref = ref.double()
+    fused = FUSED_BN[kind](c, **kw).to(ref.weight.dtype if ref.weight is not None else torch.float32)
+    if dtype == torch.float64:
+        fused = fused.double()
+    fused.load_state_dict(ref.state_dict())
+    return ref, fused
+
+
+# (kind, shape): 1d (N, C) and (N, C, L), 2d, 3d; a plane size that is not a multiple of 8 and one
+# longer than a statistics chunk.
+SHAPES = [(1, (16, 5)), (1, (4, 6, 37)), (2, (4, 6, 9, 7)), (2, (2, 3, 48, 48)), (3, (2, 4, 3, 5, 6))]
+CONFIGS = [
+    dict(affine=True, track_running_stats=True, momentum=0.1),
+    dict(affine=False, track_running_stats=True, momentum=None),
+    dict(affine=True, track_running_stats=False, momentum=0.1),
+]
+
+
+def _run_parity(kind, shape, channels_last, dtype, cfg):
+    torch.manual_seed(hash((kind, shape, channels_last, str(dtype))) % 1000)
+    ref, fused = _pair(kind, shape[1], dtype, **cfg)
+    for step in range(2):  # two steps: running stats and num_batches_tracked evolve
+        x0 = (torch.randn(shape, dtype=torch.float64) * 2 + 0.5).to(dtype)
+        x0 = _layout(x0, channels_last)
+        dy = _layout(torch.randn(shape, dtype=torch.float64).to(dtype), channels_last)
+        xr = x0.clone().requires_grad_()
+        xf = x0.clone().requires_grad_()
+        rm0 = None if ref.running_mean is None else ref.running_mean.clone()
+        rv0 = None if ref.running_var is None else ref.running_var.clone()
+        yr, yf = ref(xr), fused(xf)
+        assert yf.dtype == yr.dtype and yf.shape == yr.shape
+        if channels_last and x0.dim() >= 4:
+            assert yf.stride() == x0.stride(), "channels_last input must give a channels_last output"
+        yr.backward(dy)
+        yf.backward(dy)
+        _close(yf, yr, dtype, f"out step {step}")
+        _close(xf.grad, xr.grad, dtype, f"grad_input step {step}", scale=4)
+        w = None if fused.weight is None else fused.weight.detach()
+        b = None if fused.bias is None else fused.bias.detach()
+        out64, rm64, rv64 = reference.batch_norm_forward(x0, w, b, rm0, rv0, True, fused.momentum or 1.0 / (step + 1),
+                                                          fused.eps)
+        _close(yf, out64, dtype, "out vs float64 reference")
+        gi64, gw64, gb64, _ = reference.batch_norm_backward(dy, x0, w, True, fused.eps)
+        _close(xf.grad, gi64, dtype, "grad_input vs float64 reference", scale=4)
+        if fused.weight is not None:
+            _close(fused.weight.grad, ref.weight.grad, dtype, "grad_weight", scale=50)
+            _close(fused.bias.grad, ref.bias.grad, dtype, "grad_bias", scale=50)
+            if step == 0:  # grads accumulate over steps; the first one is the reference's alone
+                _close(fused.weight.grad, gw64, dtype, "grad_weight vs reference", scale=50)
+                _close(fused.bias.grad, gb64, dtype, "grad_bias vs reference", scale=50)
+        if ref.running_mean is not None:
+            _close(fused.running_mean, ref.running_mean, dtype, "running_mean")
+            _close(fused.running_var, ref.running_var, dtype, "running_var")
+            _close(fused.running_mean, rm64, dtype, "running_mean vs reference")
+            _close(fused.running_var, rv64, dtype, "running_var vs reference")
+            assert int(fused.num_batches_tracked) == int(ref.num_batches_tracked) == step + 1
+    ref.eval()
+    fused.eval()
+    x0 = _layout((torch.randn(shape, dtype=torch.float64) + 0.2).to(dtype), channels_last).requires_grad_()
+    x1 = x0.detach().clone().requires_grad_()
+    yr, yf = ref(x0), fused(x1)
+    _close(yf, yr, dtype, "eval out")
+    dy = torch.randn(shape, dtype=torch.float64).to(dtype)
+    yr.backward(dy)
+    yf.backward(dy)
+    _close(x1.grad, x0.grad, dtype, "eval grad_input", scale=4)
+    if ref.running_mean is not None:
+        w = None if fused.weight is None else fused.weight.detach()
+        gi64 = reference.batch_norm_backward(dy, x0.detach(), w, False, fused.eps, fused.running_mean, fused.running_var)[0]
+        _close(x1.grad, gi64, dtype, "eval grad_input vs reference", scale=4)
+
+
+@pytest.mark.parametrize("kind,shape", SHAPES)
+@pytest.mark.parametrize("channels_last", [False, True])
+@pytest.mark.parametrize("cfg", CONFIGS, ids=["affine", "noaffine-cma", "notrack"])
+def test_parity_float32(simd, kind, shape, channels_last, cfg):
+    _run_parity(kind, shape, channels_last, torch.float32, cfg)
+
+
+@pytest.mark.parametrize("kind,shape", [SHAPES[1], SHAPES[2], SHAPES[4]])
+@pytest.mark.parametrize("channels_last", [False, True])
+@pytest.mark.parametrize("dtype", [torch.float64, torch.bfloat16, torch.float16])
+def test_parity_dtypes(simd, kind, shape, channels_last, dtype):
+    _run_parity(kind, shape, channels_last, dtype, CONFIGS[0])
+
+
+def test_half_module_weights_in_input_dtype():
+    # model.to(bfloat16): weights and buffers in bf16 too.
+    torch.manual_seed(0)
+    ref = nn.BatchNorm2d(6).bfloat16()
+    fused = BatchNorm2d(6).bfloat16()
+    fused.load_state_dict(ref.state_dict())
+    x = torch.randn(4, 6, 5, 5).bfloat16()
+    xr, xf = x.clone().requires_grad_(), x.clone().requires_grad_()
+    ref(xr).float().square().sum().backward()
+    fused(xf).float().square().sum().backward()
+    _close(fused.running_var, ref.running_var, torch.bfloat16, "running_var")
+    _close(xf.grad, xr.grad, torch.bfloat16, "grad_input", scale=4)
+    assert fused.weight.grad.dtype == torch.bfloat16
+
+
+@pytest.mark.parametrize("channels_last", [False, True])
+def test_large_mean_is_stable(simd, channels_last):
+    torch.manual_seed(1)
+    x = _layout(1e4 + torch.randn(8, 4, 33, 31, dtype=torch.float64), channels_last)
+    xf = x.float()
+    out, mean, var = ops.batch_norm_train(xf, None, None, None, False, 1e-5)
+    x64 = xf.double()
+    ref_mean = x64.mean((0, 2, 3))
+    ref_var = x64.var((0, 2, 3), unbiased=False)
+    torch.testing.assert_close(mean.double(), ref_mean, atol=1e-3, rtol=0)  # float32 ulp at 1e4 is 1e-3
+    torch.testing.assert_close(var.double(), ref_var, rtol=1e-4, atol=0)
+    out64 = reference.batch_norm_forward(xf, training=True)[0]
+    torch.testing.assert_close(out.double(), out64, atol=2e-3, rtol=0)
+    dy = torch.randn_like(xf)
+    gi = ops.batch_norm_backward(dy, xf, None, mean, var, None, False, True, 1e-5, [True, False, False, False])[0]
+    torch.testing.assert_close(gi.double(), reference.batch_norm_backward(dy, xf, None, True)[0], atol=2e-3, rtol=1e-3)
+
+
+def _f64(*shape):
+    return torch.randn(*shape, dtype=torch.float64, requires_grad=True)
+
+
+@pytest.mark.parametrize("channels_last", [False, True])
+@pytest.mark.parametrize("training", [True, False])
+@pytest.mark.parametrize("relu,residual", [(False, False), (True, False), (True, True)])
+def test_gradcheck_and_gradgradcheck(device, channels_last, training, relu, residual):
+    torch.manual_seed(2)
+    x = _layout(torch.randn(3, 4, 3, 2, dtype=torch.float64, device=device), channels_last).requires_grad_()
+    w = (torch.rand(4, dtype=torch.float64, device=device) + 0.5).requires_grad_()
+    b = torch.randn(4, dtype=torch.float64, device=device, requires_grad=True)
+    z = torch.randn(3, 4, 3, 2, dtype=torch.float64, device=device, requires_grad=True)
+    rm = torch.randn(4, dtype=torch.float64, device=device)
+    rv = torch.rand(4, dtype=torch.float64, device=device) + 0.5
+
+    def fn(x, w, b, z):
+        r = z if residual else None
+        if training:
+            return FF.batch_norm_relu(x, None, None, w, b, r, training=True) if relu else FF.batch_norm(
+                x, None, None, w, b, training=True)
+        return FF.batch_norm_relu(x, rm, rv, w, b, r) if relu else FF.batch_norm(x, rm, rv, w, b)
+
+    # Keep relu kinks away from the finite-difference step.
+    with torch.no_grad():
+        y = fn(x, w, b, z)
+        if relu:
+            pre = y  # only the sign pattern matters; shift the residual so |pre-relu| is not tiny
+            z.add_(torch.where(pre.abs() < 0.05, torch.full_like(z, 0.2), torch.zeros_like(z)))
+    assert torch.autograd.gradcheck(fn, (x, w, b, z))
+    assert torch.autograd.gradgradcheck(fn, (x, w, b, z))
+
+
+def test_gradcheck_no_affine_3d():
+    torch.manual_seed(3)
+    x = _f64(2, 3, 2, 3, 2)
+    assert torch.autograd.gradcheck(lambda x: FF.batch_norm(x, None, None, training=True), (x,))
+    assert torch.autograd.gradgradcheck(lambda x: FF.batch_norm(x, None, None, training=True), (x,))
+
+
+def test_batch_norm_relu_matches_torch(simd):
+    torch.manual_seed(4)
+    for channels_last in (False, True):
+        for with_res in (False, True):
+            ref, _ = _pair(2, 6, torch.float32)
+            fused = BatchNormReLU2d(6)
+            fused.load_state_dict(ref.state_dict())
+            x = _layout(torch.randn(4, 6, 7, 5), channels_last)
+            z = torch.randn(4, 6, 7, 5) if with_res else None
+            xr, xf = x.clone().requires_grad_(), x.clone().requires_grad_()
+            zr = z.clone().requires_grad_() if with_res else None
+            zf = z.clone().requires_grad_() if with_res else None
+            yr = ref(xr)
+            yr = torch.relu(yr + zr) if with_res else torch.relu(yr)
+            yf = fused(xf, zf)
+            dy = torch.randn_like(yr)
+            yr.backward(dy)
+            yf.backward(dy)
+            _close(yf, yr, torch.float32, "out")
+            _close(xf.grad, xr.grad, torch.float32, "grad_input", scale=4)
+            _close(fused.weight.grad, ref.weight.grad, torch.float32, "grad_weight", scale=20)
+            _close(fused.bias.grad, ref.bias.grad, torch.float32, "grad_bias", scale=20)
+            if with_res:
+                _close(zf.grad, zr.grad, torch.float32, "grad_residual")
+            _close(fused.running_var, ref.running_var, torch.float32, "running_var")
+            out64 = reference.batch_norm_forward(x, ref.weight.detach(), ref.bias.detach(), training=True, residual=z,
+                                                 relu=True)[0]
+            _close(yf, out64, torch.float32, "out vs reference")
+
+
+def test_functional_matches_torch():
+    torch.manual_seed(5)
+    x = torch.randn(8, 3, 6)
+    w, b = torch.rand(3) + 0.5, torch.randn(3)
+    rm_r, rv_r = torch.randn(3), torch.rand(3) + 0.5
+    rm_f, rv_f = rm_r.clone(), rv_r.clone()
+    yr = F.batch_norm(x, rm_r, rv_r, w, b, training=True, momentum=0.3, eps=1e-3)
+    yf = FF.batch_norm(x, rm_f, rv_f, w, b, training=True, momentum=0.3, eps=1e-3)
+    _close(yf, yr, torch.float32, "out")
+    _close(rm_f, rm_r, torch.float32, "running_mean")
+    _close(rv_f, rv_r, torch.float32, "running_var")
+    _close(FF.batch_norm(x, rm_f, rv_f, w, b), F.batch_norm(x, rm_r, rv_r, w, b), torch.float32, "eval out")
+
+
+def test_update_stats_op_matches_reference():
+    torch.manual_seed(6)
+    rm, rv = torch.randn(5), torch.rand(5) + 0.5
+    mean, var = torch.randn(5), torch.rand(5)
+    rm2, rv2 = rm.clone(), rv.clone()
+    ops.batch_norm_update_stats_(rm2, rv2, mean, var, 0.25, 7)
+    torch.testing.assert_close(rm2, 0.75 * rm + 0.25 * mean)
+    torch.testing.assert_close(rv2, 0.75 * rv + 0.25 * var * 7 / 6)
+
+
+def test_zero_size_batch_matches_torch():
+    ref, fused = _pair(2, 3, torch.float32)
+    x = torch.randn(0, 3, 4, 4)
+    xr, xf = x.clone().requires_grad_(), x.clone().requires_grad_()
+    yr, yf = ref(xr), fused(xf)
+    assert yf.shape == yr.shape
+    yr.sum().backward()
+    yf.sum().backward()
+    torch.testing.assert_close(fused.weight.grad, ref.weight.grad)
+    torch.testing.assert_close(fused.running_mean, ref.running_mean)
+    torch.testing.assert_close(fused.running_var, ref.running_var)
+    assert int(fused.num_batches_tracked) == int(ref.num_batches_tracked)
+
+
+def test_non_contiguous_input():
+    torch.manual_seed(7)
+    base = torch.randn(4, 6, 10, 12)
+    x = base[:, ::2, :, ::3]  # neither NCHW- nor channels_last-contiguous
+    ref, fused = _pair(2, 3, torch.float32)
+    _close(fused(x), ref(x), torch.float32, "out")
+
+
+def test_state_dict_round_trip_and_from_torch():
+    torch.manual_seed(8)
+    ref = nn.BatchNorm2d(5, momentum=None)
+    ref(torch.randn(4, 5, 3, 3))
+    fused = BatchNorm2d(5, momentum=None)
+    fused.load_state_dict(ref.state_dict())
+    assert list(fused.state_dict().keys()) == list(ref.state_dict().keys())
+    back = nn.BatchNorm2d(5, momentum=None)
+    back.load_state_dict(fused.state_dict())
+    for k, v in ref.state_dict().items():
+        torch.testing.assert_close(back.state_dict()[k], v)
+    ref.eval()
+    conv = BatchNorm2d.from_torch(ref)
+    assert type(conv) is BatchNorm2d and not conv.training
+    assert conv.weight is ref.weight and conv.running_mean is ref.running_mean
+    assert conv.momentum is None and conv.eps == ref.eps
+    x = torch.randn(2, 5, 4, 4)
+    _close(conv(x), ref(x), torch.float32, "from_torch eval out")
+    nb = nn.BatchNorm1d(4, affine=False, track_running_stats=False, dtype=torch.float64)
+    f = BatchNorm1d.from_torch(nb)
+    assert f.weight is None and f.running_mean is None and f.training
+    x = torch.randn(6, 4, dtype=torch.float64)
+    _close(f(x), nb(x), torch.float64, "from_torch no affine")
+    nobias = BatchNorm2d.from_torch(nn.BatchNorm2d(3, bias=False))
+    assert nobias.bias is None and nobias.weight is not None
+    nobias(torch.randn(2, 3, 2, 2)).sum().backward()
+    assert nobias.weight.grad is not None
+
+
+def test_fold_bn_into_conv():
+    torch.manual_seed(9)
+    conv = nn.Conv2d(3, 5, 3, padding=1, bias=True)
+    bn = BatchNorm2d(5)
+    with torch.no_grad():
+        bn.running_mean.uniform_(-1, 1)
+        bn.running_var.uniform_(0.5, 2)
+        bn.weight.uniform_(0.5, 1.5)
+        bn.bias.uniform_(-1, 1)
+    with pytest.raises(ValueError, match="training mode"):
+        fold_bn_into_conv(conv, bn)
+    bn.eval()
+    folded = fold_bn_into_conv(conv, bn)
+    x = torch.randn(2, 3, 8, 8)
+    ref = bn(conv(x))
+    torch.testing.assert_close(folded(x), ref, atol=1e-5, rtol=1e-5)
+    xd = x.double()
+    ref64 = reference.batch_norm_forward(F.conv2d(xd, conv.weight.double(), conv.bias.double(), padding=1),
+                                         bn.weight, bn.bias, bn.running_mean, bn.running_var, training=False)[0]
+    torch.testing.assert_close(folded(x).double(), ref64, atol=1e-5, rtol=1e-5)
+    with pytest.raises(ValueError, match="output channels"):
+        fold_bn_into_conv(nn.Conv2d(3, 4, 1), bn)
+    tbn = nn.BatchNorm2d(5, affine=False).eval()
+    torch.testing.assert_close(fold_bn_into_conv(nn.Conv2d(3, 5, 1, bias=False), tbn)(x).shape, torch.Size([2, 5, 8, 8]))
+
+
+def test_errors():
+    bn = BatchNorm2d(4)
+    with pytest.raises(ValueError, match="expected 4D input"):
+        bn(torch.randn(2, 4, 3))
+    with pytest.raises(ValueError, match="Expected more than 1 value per channel when training"):
+        bn(torch.randn(1, 4, 1, 1))
+    with pytest.raises(ValueError, match="should contain 3 elements"):
+        bn(torch.randn(2, 3, 2, 2))  # wrong number of channels
+    with pytest.raises(TypeError, match="weight must be"):
+        ops.batch_norm_train(torch.randn(2, 4, 3), torch.randn(4, dtype=torch.float64), None, None, False, 1e-5)
+    with pytest.raises(TypeError, match="input must be float32"):
+        ops.batch_norm_train(torch.randint(0, 3, (2, 4, 3)), None, None, None, False, 1e-5)
+    with pytest.raises(ValueError, match="residual must have the input's shape"):
+        ops.batch_norm_train(torch.randn(2, 4, 3), None, None, torch.randn(2, 4, 2), True, 1e-5)
+    with pytest.raises(ValueError, match="relu=True needs the forward output"):
+        x = torch.randn(2, 4, 3)
+        ops.batch_norm_backward(x, x, None, torch.zeros(4), torch.ones(4), None, True, True, 1e-5, [True] * 4)
+    with pytest.raises(RuntimeError, match="running_mean must be defined in evaluation mode"):
+        FF.batch_norm(torch.randn(2, 4, 3), None, None, training=False)
+    with pytest.raises(ValueError, match="residual must have the input's shape"):
+        FF.batch_norm_relu(torch.randn(2, 4, 3), None, None, residual=torch.randn(2, 4), training=True)
+    with pytest.raises(ValueError, match="eps must be non-negative"):
+        ops.batch_norm_eval(torch.randn(2, 4), torch.zeros(4), torch.ones(4), None, None, None, False, -1.0)
+
+
+def _opcheck_cases():
+    torch.manual_seed(10)
+    x = torch.randn(3, 4, 5, 2)
+    xcl = x.contiguous(memory_format=torch.channels_last)
+    w, b, z = torch.rand(4) + 0.5, torch.randn(4), torch.randn(3, 4, 5, 2)
+    mean, var = x.mean((0, 2, 3)), x.var((0, 2, 3), unbiased=False)
+    dy = torch.randn_like(x)
+    out = ops.batch_norm_train(x, w, b, z, True, 1e-5)[0]
+    return [
+        (ops.batch_norm_train, (x.requires_grad_(), w.requires_grad_(), b, z, True, 1e-5)),
+        (ops.batch_norm_train, (xcl, None, None, None, False, 1e-3)),
+        (ops.batch_norm_eval, (x, mean, var, w, b, None, False, 1e-5)),
+        (ops.batch_norm_eval, (xcl, mean, var, w, b, z, True, 1e-5)),
+        (ops.batch_norm_update_stats_, (torch.randn(4), torch.rand(4), mean, var, 0.1, 30)),
+        (ops.batch_norm_backward, (dy, x.detach(), w.detach(), mean, var, out, True, True, 1e-5, [True, True, True, True])),
+        (ops.batch_norm_backward, (dy, xcl, None, mean, var, None, False, False, 1e-5, [True, False, True, False])),
+        (ops.batch_norm_stats, (xcl,)),
+        (ops.batch_norm_backward_reduce, (dy, x.detach(), mean, out)),
+        (ops.batch_norm_backward_elemt, (dy, x.detach(), w.detach(), mean, var, None, mean.double(), var.double(), 30.0, 1e-5)),
+    ]
+
+
+@pytest.mark.parametrize("i", range(10))
+def test_opcheck(i):
+    op, args = _opcheck_cases()[i]
+    torch.library.opcheck(op, args)
+
+
+def test_compile_conv_bn_relu_matches_eager():
+    torch.manual_seed(11)
+
+    class Net(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.conv = nn.Conv2d(3, 8, 3, padding=1)
+            self.bn = BatchNormReLU2d(8)
+            self.bn2 = BatchNorm2d(8)
+
+        def forward(self, x):
+            y = self.bn(self.conv(x))
+            return self.bn2(y)
+
+    eager = Net()
+    compiled_net = copy.deepcopy(eager)
+    compiled = torch.compile(compiled_net, fullgraph=True)
+    x = torch.randn(4, 3, 8, 8)
+    ye = eager(x)
+    yc = compiled(x)
+    ye.square().sum().backward()
+    yc.square().sum().backward()
+    torch.testing.assert_close(yc, ye, atol=1e-5, rtol=1e-5)
+    for (n, pe), pc in zip(eager.named_parameters(), compiled_net.parameters()):
+        torch.testing.assert_close(pc.grad, pe.grad, atol=1e-4, rtol=1e-4, msg=n)
+    torch.testing.assert_close(compiled_net.bn.running_var, eager.bn.running_var)
+    assert int(compiled_net.bn2.num_batches_tracked) == 1
+
+
+@pytest.mark.parametrize("channels_last", [False, True])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.bfloat16])
+def test_device_parity_with_torch(device, channels_last, dtype):
+    """The module on `device` (the CUDA kernels where a GPU is present) against torch on
+    the same device: train step (outputs, grads, running stats) then eval."""
+    torch.manual_seed(12)
+    shape = (6, 5, 7, 9)
+    ref, fused = _pair(2, 5, dtype)
+    ref, fused = ref.to(device), fused.to(device)
+    relu_ref = nn.ReLU()
+    fused_relu = BatchNormReLU2d(5).to(device=device, dtype=fused.weight.dtype)
+    fused_relu.load_state_dict(ref.state_dict())
+    x = _layout((torch.randn(shape, dtype=torch.float64) * 2 + 1).to(dtype), channels_last).to(device)
+    z = torch.randn(shape, dtype=torch.float64).to(dtype).to(device)
+    dy = torch.randn(shape, dtype=torch.float64).to(dtype).to(device)
+    xr, xf, xg = (x.clone().requires_grad_() for _ in range(3))
+    yr, yf = ref(xr), fused(xf)
+    yr.backward(dy)
+    yf.backward(dy)
+    _close(yf.cpu(), yr.cpu(), dtype, "out")
+    _close(xf.grad.cpu(), xr.grad.cpu(), dtype, "grad_input", scale=4)
+    _close(fused.weight.grad.cpu(), ref.weight.grad.cpu(), dtype, "grad_weight", scale=50)
+    _close(fused.running_var.cpu(), ref.running_var.cpu(), dtype, "running_var")
+    yg = fused_relu(xg, z)
+    _close(yg.cpu(), relu_ref(yr.detach() + z).cpu(), dtype, "bn+residual+relu out")
+    ref.eval()
+    fused.eval()
+    _close(fused(x).cpu(), ref(x).cpu(), dtype, "eval out")
