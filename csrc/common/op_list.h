@@ -7,7 +7,8 @@ constexpr const char* kAllOps[] = {
     "adam_", "sgd_", "rmsprop_", "adagrad_", "adadelta_",
     // batch norm (csrc/batchnorm): BATCHNORM-OPS
 
-    // depthwise conv (csrc/depthwise): DEPTHWISE-OPS
+    // depthwise conv (csrc/depthwise)
+    "depthwise_conv2d", "depthwise_conv2d_backward",
 
 };
 }  // namespace fusedopt
