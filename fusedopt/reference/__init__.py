@@ -9,4 +9,6 @@ __all__ = ["adam_step", "sgd_step", "rmsprop_step", "adagrad_step", "adadelta_st
 
 # BATCHNORM-REFERENCE
 
-# DEPTHWISE-REFERENCE
+from . import depthwise  # noqa: E402,F401  (depthwise.depthwise_conv2d, ...: float64 depthwise conv)
+
+__all__ += ["depthwise"]
