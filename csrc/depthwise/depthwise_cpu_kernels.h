@@ -1,11 +1,9 @@
 // CPU kernel bodies of the depthwise convolution, compiled once per instruction set by
 // depthwise_cpu_avx2.cpp and depthwise_cpu_scalar.cpp (no include guard on purpose).
 //
-// NCHW: one task per input plane (n, c). The plane is copied once into a zero-padded
-// float buffer whose columns are split by phase (column x goes to phase x % stride), so
-// that every tap of every stride and dilation reads a contiguous run over the output
-// width: the inner loops are unit-stride over W and vectorise. 3x3 and 5x5 keep all
-// taps of an output in registers; other kernels accumulate tap by tap in a row buffer.
+// NCHW: one task per input plane (n, c), copied once into a zero-padded, phase-split
+// float buffer (see the NCHW section) so that each tap is one contiguous run over the
+// whole flattened output plane; 3x3 and 5x5 keep all taps in registers.
 // channels_last: one task per image row; the inner loops run over contiguous channels.
 // grad_weight: per-plane (NCHW) or per-fixed-chunk-of-rows (channels_last) partials,
 // summed in a fixed order at the end, so results do not depend on the thread count.
@@ -29,39 +27,6 @@ inline void store_row(const Acc* src, T* dst, int64_t n) {
   for (int64_t i = 0; i < n; ++i) dst[i] = static_cast<T>(src[i]);
 }
 
-// The padded, phase-split plane buffer: `rows` rows of `row_len` = stride_w * q values.
-struct PlaneLayout {
-  int64_t rows, q, row_len;
-};
-
-inline PlaneLayout plane_layout(const Geom& g) {
-  const int64_t wp = g.W + g.PL + g.PR;
-  const int64_t q = (wp + g.SW - 1) / g.SW;
-  return {g.H + g.PT + g.PB, q, q * g.SW};
-}
-
-// Where padded column x sits in a buffer row.
-inline int64_t col_offset(const PlaneLayout& L, int64_t sw, int64_t x) { return (x % sw) * L.q + x / sw; }
-
-template <class Acc, class T>
-void fill_plane(const T* src, const Geom& g, const PlaneLayout& L, Acc* buf) {
-  std::fill(buf, buf + L.rows * L.row_len, Acc(0));
-  for (int64_t h = 0; h < g.H; ++h) {
-    Acc* row = buf + (g.PT + h) * L.row_len;
-    const T* s = src + h * g.W;
-    if (g.SW == 1) {
-      load_row(s, row + g.PL, g.W);
-      continue;
-    }
-    for (int64_t p = 0; p < g.SW; ++p) {
-      const int64_t w0 = ((p - g.PL) % g.SW + g.SW) % g.SW;  // first w with (PL + w) % SW == p
-      Acc* d = row + p * L.q + (g.PL + w0) / g.SW;
-      const int64_t cnt = w0 < g.W ? (g.W - w0 + g.SW - 1) / g.SW : 0;
-      for (int64_t k = 0; k < cnt; ++k) d[k] = static_cast<Acc>(s[w0 + k * g.SW]);
-    }
-  }
-}
-
 // Calls body(KH, KW) with compile-time kernel sizes for the hot cases, (0, 0) otherwise.
 template <class Body>
 void with_kernel_size(const Geom& g, const Body& body) {
@@ -72,48 +37,106 @@ void with_kernel_size(const Geom& g, const Body& body) {
 }
 
 // ---------------------------------------------------------------- NCHW
+//
+// A plane is copied, zero-padded, into a buffer split by phase in both directions:
+// padded pixel (r, x) goes to phase plane (r % SH, x % SW) at row r / SH, column x / SW,
+// each phase plane being Qh x Qw. Then tap (i, j) of output (oh, ow) reads
+// buf[tap_off[t] + oh * Qw + ow] for a per-tap constant tap_off[t]: every tap of every
+// stride and dilation is one contiguous run over the flattened output index
+// p = oh * Qw + ow, so a whole plane is a single vectorised loop (columns ow >= OW are
+// scratch, dropped when the result is copied out).
 
-// Pointers to the first value each tap reads for output row oh (add ow).
-inline void tap_rows(const Geom& g, const PlaneLayout& L, int64_t oh, int64_t kh, int64_t kw, int64_t* off) {
-  for (int64_t i = 0; i < kh; ++i)
-    for (int64_t j = 0; j < kw; ++j)
-      off[i * kw + j] = tap_source(oh, i, g.SH, g.DH, 0) * L.row_len + col_offset(L, g.SW, j * g.DW);
+struct PlaneLayout {
+  int64_t Qh, Qw, plane, size;  // phase-plane rows, columns, values; buffer size
+  int64_t flat;                 // length of the flattened output loop, OH * Qw rounded up to 8
+};
+
+inline PlaneLayout plane_layout(const Geom& g) {
+  PlaneLayout L{};
+  L.Qh = (g.H + g.PT + g.PB + g.SH - 1) / g.SH;
+  L.Qw = (g.W + g.PL + g.PR + g.SW - 1) / g.SW;
+  L.plane = L.Qh * L.Qw;
+  L.flat = (g.OH * L.Qw + 7) / 8 * 8;
+  // Scratch lanes read past the last phase plane.
+  L.size = g.SH * g.SW * L.plane + L.flat + 8;
+  return L;
 }
 
-template <int KH_, int KW_, class Acc, class T>
-void forward_plane(const Acc* buf, const PlaneLayout& L, const Geom& g, const Acc* w, Acc bias, T* out, Acc* tmp,
-                   int64_t* off) {
-  constexpr int K_ = KH_ * KW_;
-  const int64_t K = num_taps(g);
-  for (int64_t oh = 0; oh < g.OH; ++oh) {
-    Acc* dst = std::is_same_v<T, Acc> ? reinterpret_cast<Acc*>(out + oh * g.OW) : tmp;
-    tap_rows(g, L, oh, g.KH, g.KW, off);
-    if constexpr (K_ > 0) {
-      const Acc* src[K_];
-      Acc wk[K_];
-      for (int t = 0; t < K_; ++t) src[t] = buf + off[t], wk[t] = w[t];
-#pragma omp simd
-      for (int64_t ow = 0; ow < g.OW; ++ow) {
-        Acc a = bias;
-#pragma GCC unroll 25
-        for (int t = 0; t < K_; ++t) a += wk[t] * src[t][ow];
-        dst[ow] = a;
-      }
-    } else {
-      for (int64_t ow = 0; ow < g.OW; ++ow) dst[ow] = bias;
-      for (int64_t t = 0; t < K; ++t) {
-        const Acc* src = buf + off[t];
-        const Acc wv = w[t];
-#pragma omp simd
-        for (int64_t ow = 0; ow < g.OW; ++ow) dst[ow] += wv * src[ow];
-      }
+inline int64_t buf_index(const Geom& g, const PlaneLayout& L, int64_t r, int64_t x) {
+  return ((r % g.SH) * g.SW + x % g.SW) * L.plane + (r / g.SH) * L.Qw + x / g.SW;
+}
+
+inline void tap_offsets(const Geom& g, const PlaneLayout& L, int64_t* off) {
+  for (int64_t i = 0; i < g.KH; ++i)
+    for (int64_t j = 0; j < g.KW; ++j) off[i * g.KW + j] = buf_index(g, L, i * g.DH, j * g.DW);
+}
+
+template <class Acc, class T>
+void fill_plane(const T* src, const Geom& g, const PlaneLayout& L, Acc* buf) {
+  if (g.SH == 1 && g.SW == 1) {  // one phase: zero only the padding and the scratch tail
+    const int64_t Wp = L.Qw;
+    std::fill(buf, buf + g.PT * Wp + g.PL, Acc(0));
+    for (int64_t h = 0; h < g.H; ++h) {
+      Acc* row = buf + (g.PT + h) * Wp + g.PL;
+      load_row(src + h * g.W, row, g.W);
+      std::fill(row + g.W, row + g.W + g.PR + g.PL, Acc(0));  // right pad, next row's left pad
     }
-    if constexpr (!std::is_same_v<T, Acc>) store_row(tmp, out + oh * g.OW, g.OW);
+    std::fill(buf + (g.PT + g.H) * Wp + g.PL, buf + L.size, Acc(0));
+    return;
+  }
+  std::fill(buf, buf + L.size, Acc(0));
+  for (int64_t h = 0; h < g.H; ++h) {
+    const int64_t r = g.PT + h;
+    const T* s = src + h * g.W;
+    if (g.SW == 1) {
+      load_row(s, buf + buf_index(g, L, r, g.PL), g.W);
+      continue;
+    }
+    for (int64_t p = 0; p < g.SW; ++p) {
+      const int64_t w0 = ((p - g.PL) % g.SW + g.SW) % g.SW;  // first w with (PL + w) % SW == p
+      if (w0 >= g.W) continue;
+      Acc* d = buf + buf_index(g, L, r, g.PL + w0);
+      const int64_t cnt = (g.W - w0 + g.SW - 1) / g.SW;
+      for (int64_t k = 0; k < cnt; ++k) d[k] = static_cast<Acc>(s[w0 + k * g.SW]);
+    }
+  }
+}
+
+// Copies the OH x OW outputs out of the flattened result (row stride Qw).
+template <class Acc, class T>
+void store_flat(const Acc* flat, int64_t qw, int64_t rows, int64_t cols, T* dst) {
+  for (int64_t r = 0; r < rows; ++r) store_row(flat + r * qw, dst + r * cols, cols);
+}
+
+// dst[p] = init + sum_t w[t] * src[off[t] + p] for p < n (n a multiple of 8). Fixed
+// kernel sizes keep every tap in registers; others accumulate tap by tap.
+template <int K_, class Acc>
+void correlate_flat(const Acc* src, const int64_t* off, const Acc* w, int64_t K, Acc init, Acc* dst, int64_t n) {
+  if constexpr (K_ > 0) {
+    const Acc* s[K_];
+    Acc wk[K_];
+    for (int t = 0; t < K_; ++t) s[t] = src + off[t], wk[t] = w[t];
+#pragma omp simd
+    for (int64_t p = 0; p < n; ++p) {
+      Acc a = init;
+#pragma GCC unroll 25
+      for (int t = 0; t < K_; ++t) a += wk[t] * s[t][p];
+      dst[p] = a;
+    }
+  } else {
+    for (int64_t p = 0; p < n; ++p) dst[p] = init;
+    for (int64_t t = 0; t < K; ++t) {
+      const Acc* s = src + off[t];
+      const Acc wv = w[t];
+#pragma omp simd
+      for (int64_t p = 0; p < n; ++p) dst[p] += wv * s[p];
+    }
   }
 }
 
 template <int KH_, int KW_, class Acc, class T>
 void forward_nchw(const ForwardArgs& a) {
+  constexpr int K_ = KH_ * KW_;
   const Geom& g = a.g;
   const auto* in = static_cast<const T*>(a.input);
   const auto* wt = static_cast<const T*>(a.weight);
@@ -123,51 +146,42 @@ void forward_nchw(const ForwardArgs& a) {
   std::vector<Acc> w(O * K);
   load_row(wt, w.data(), O * K);
   const PlaneLayout L = plane_layout(g);
+  std::vector<int64_t> off(K);
+  tap_offsets(g, L, off.data());
   at::parallel_for(0, g.N * g.C, 1, [&](int64_t begin, int64_t end) {
-    std::vector<Acc> buf(L.rows * L.row_len), tmp(g.OW);
-    std::vector<int64_t> off(K);
+    std::vector<Acc> buf(L.size), res(L.flat);
     for (int64_t p = begin; p < end; ++p) {
       const int64_t n = p / g.C, c = p % g.C;
       fill_plane(in + p * g.H * g.W, g, L, buf.data());
       for (int64_t m = 0; m < g.M; ++m) {
         const int64_t o = c * g.M + m;
         const Acc b = bias ? static_cast<Acc>(bias[o]) : Acc(0);
-        forward_plane<KH_, KW_>(buf.data(), L, g, w.data() + o * K, b, out + (n * O + o) * g.OH * g.OW, tmp.data(),
-                                off.data());
+        correlate_flat<K_>(buf.data(), off.data(), w.data() + o * K, K, b, res.data(), L.flat);
+        store_flat(res.data(), L.Qw, g.OH, g.OW, out + (n * O + o) * g.OH * g.OW);
       }
     }
   });
 }
 
-// Dot products of one grad_out plane with each tap's view of the input plane, plus
-// its sum (the bias term), into part[0..K]. Eight lanes per tap keep the adds in
-// registers and in a fixed order.
-template <int KH_, int KW_, class Acc>
-void weight_grad_plane(const Acc* xbuf, const PlaneLayout& L, const Geom& g, const Acc* gop, Acc* part, Acc* lanes,
-                       int64_t* off) {
-  constexpr int K_ = KH_ * KW_;
-  const int64_t K = K_ > 0 ? K_ : num_taps(g);
+// Dot products of the flattened grad_out plane (zero in the scratch columns) with each
+// tap's run of the input buffer, and its plain sum (the bias term), into part[0..K].
+// Eight lanes per tap keep the adds in registers and in a fixed order.
+template <int K_, class Acc>
+void weight_grad_flat(const Acc* xbuf, const int64_t* off, int64_t K_rt, const Acc* gflat, int64_t n, Acc* part,
+                      Acc* lanes) {
+  const int64_t K = K_ > 0 ? K_ : K_rt;
   std::fill(lanes, lanes + (K + 1) * 8, Acc(0));
-  for (int64_t oh = 0; oh < g.OH; ++oh) {
-    tap_rows(g, L, oh, g.KH, g.KW, off);
-    const Acc* gr = gop + oh * g.OW;
-    int64_t ow = 0;
-    for (; ow + 8 <= g.OW; ow += 8) {
+  for (int64_t p = 0; p < n; p += 8) {
 #pragma GCC unroll 25
-      for (int64_t t = 0; t < K; ++t) {
-        const Acc* s = xbuf + off[t] + ow;
-        Acc* l = lanes + t * 8;
+    for (int64_t t = 0; t < K; ++t) {
+      const Acc* s = xbuf + off[t] + p;
+      Acc* l = lanes + t * 8;
 #pragma omp simd
-        for (int q = 0; q < 8; ++q) l[q] += gr[ow + q] * s[q];
-      }
-      Acc* l = lanes + K * 8;
+      for (int q = 0; q < 8; ++q) l[q] += gflat[p + q] * s[q];
+    }
+    Acc* l = lanes + K * 8;
 #pragma omp simd
-      for (int q = 0; q < 8; ++q) l[q] += gr[ow + q];
-    }
-    for (; ow < g.OW; ++ow) {
-      for (int64_t t = 0; t < K; ++t) lanes[t * 8] += gr[ow] * xbuf[off[t] + ow];
-      lanes[K * 8] += gr[ow];
-    }
+    for (int q = 0; q < 8; ++q) l[q] += gflat[p + q];
   }
   for (int64_t t = 0; t <= K; ++t) {
     Acc s = Acc(0);
@@ -176,52 +190,9 @@ void weight_grad_plane(const Acc* xbuf, const PlaneLayout& L, const Geom& g, con
   }
 }
 
-// Adds one grad_out plane times each tap's weight into the padded grad_input buffer,
-// at the places that tap read in the forward pass.
-template <class Acc>
-void input_grad_plane(Acc* gbuf, const PlaneLayout& L, const Geom& g, const Acc* gop, const Acc* w, int64_t* off) {
-  const int64_t K = num_taps(g);
-  for (int64_t oh = 0; oh < g.OH; ++oh) {
-    tap_rows(g, L, oh, g.KH, g.KW, off);
-    const Acc* gr = gop + oh * g.OW;
-    for (int64_t t = 0; t < K; ++t) {
-      Acc* d = gbuf + off[t];
-      const Acc wv = w[t];
-#pragma omp simd
-      for (int64_t ow = 0; ow < g.OW; ++ow) d[ow] += wv * gr[ow];
-    }
-  }
-}
-
-// Stride 1: grad_input as a correlation of grad_out with the flipped kernel, all taps
-// in registers. gbuf holds grad_out zero-padded so that every input position reads
-// KH x KW values: row r of gbuf is grad_out row r - ((KH-1)*DH - PT), likewise columns.
-template <int KH_, int KW_, class Acc, class T>
-void input_grad_plane_s1(const Acc* gpad, int64_t gpad_w, const Geom& g, const Acc* w, T* gi, Acc* tmp) {
-  constexpr int K_ = KH_ * KW_;
-  for (int64_t ih = 0; ih < g.H; ++ih) {
-    const Acc* src[K_];
-    Acc wk[K_];
-    for (int i = 0; i < KH_; ++i)
-      for (int j = 0; j < KW_; ++j) {
-        // output row oh = ih + PT - i*DH sits at gpad row oh + (KH-1)*DH - PT
-        src[i * KW_ + j] = gpad + (ih + (KH_ - 1 - i) * g.DH) * gpad_w + (KW_ - 1 - j) * g.DW;
-        wk[i * KW_ + j] = w[i * KW_ + j];
-      }
-    Acc* dst = std::is_same_v<T, Acc> ? reinterpret_cast<Acc*>(gi + ih * g.W) : tmp;
-#pragma omp simd
-    for (int64_t iw = 0; iw < g.W; ++iw) {
-      Acc a = Acc(0);
-#pragma GCC unroll 25
-      for (int t = 0; t < K_; ++t) a += wk[t] * src[t][iw];
-      dst[iw] = a;
-    }
-    if constexpr (!std::is_same_v<T, Acc>) store_row(tmp, gi + ih * g.W, g.W);
-  }
-}
-
 template <int KH_, int KW_, class Acc, class T>
 void backward_nchw(const BackwardArgs& a) {
+  constexpr int K_ = KH_ * KW_;
   const Geom& g = a.g;
   const auto* go = static_cast<const T*>(a.grad_out);
   const auto* in = static_cast<const T*>(a.input);
@@ -235,56 +206,77 @@ void backward_nchw(const BackwardArgs& a) {
   load_row(wt, w.data(), O * K);
   std::vector<Acc> part(need_part ? g.N * O * (K + 1) : 0);
   const PlaneLayout L = plane_layout(g);
-  // Stride 1 with a fixed kernel and M == 1: the register-blocked correlation. Its
-  // padded grad_out needs (KH-1)*DH - PT rows above it and (KH-1)*DH - PB below
-  // (both >= 0 unless padding exceeds the kernel's reach), likewise columns.
-  constexpr bool fixed = KH_ > 0;
-  const int64_t gpt = (g.KH - 1) * g.DH - g.PT, gpl = (g.KW - 1) * g.DW - g.PL;
-  const bool s1 = fixed && g.SH == 1 && g.SW == 1 && g.M == 1 && gpt >= 0 && gpl >= 0 &&
-                  g.PB <= (g.KH - 1) * g.DH && g.PR <= (g.KW - 1) * g.DW;
-  const int64_t gpad_h = g.H + (g.KH - 1) * g.DH, gpad_w = g.W + (g.KW - 1) * g.DW;
+  std::vector<int64_t> off(K);
+  tap_offsets(g, L, off.data());
+
+  // Stride 1, M == 1: grad_input is a correlation of grad_out, zero-padded by the
+  // kernel's reach minus the padding, with the flipped kernel: the same flattened loop
+  // as the forward pass. gpad is (H + (KH-1)*DH) x GW; grad_out row oh sits at row
+  // oh + GT, column ow at ow + GL (parts that fall outside read only padding and are
+  // dropped: they feed no input).
+  const bool s1 = g.SH == 1 && g.SW == 1 && g.M == 1;
+  const int64_t GT = (g.KH - 1) * g.DH - g.PT, GL = (g.KW - 1) * g.DW - g.PL;
+  const int64_t GH = g.H + (g.KH - 1) * g.DH, GW = g.W + (g.KW - 1) * g.DW;
+  const int64_t gflat_n = (g.H * GW + 7) / 8 * 8;
+  std::vector<int64_t> goff(K);
+  std::vector<Acc> wflip(s1 ? O * K : 0);
+  if (s1) {
+    for (int64_t i = 0; i < g.KH; ++i)
+      for (int64_t j = 0; j < g.KW; ++j) goff[i * g.KW + j] = (g.KH - 1 - i) * g.DH * GW + (g.KW - 1 - j) * g.DW;
+  }
+
   at::parallel_for(0, g.N * g.C, 1, [&](int64_t begin, int64_t end) {
-    std::vector<Acc> xbuf(need_part ? L.rows * L.row_len : 0);
-    std::vector<Acc> gbuf(gi ? (s1 ? gpad_h * gpad_w : L.rows * L.row_len) : 0);
-    std::vector<Acc> gacc(std::is_same_v<T, Acc> ? 0 : OHW), tmp(std::max(g.W, g.OW)), lanes((K + 1) * 8);
-    std::vector<int64_t> off(K);
+    std::vector<Acc> xbuf(need_part ? L.size : 0), gflat(L.flat, Acc(0)), lanes((K + 1) * 8);
+    std::vector<Acc> gbuf(gi ? (s1 ? GH * GW + gflat_n + 8 : L.size) : 0), res(gi && s1 ? gflat_n : 0);
     for (int64_t p = begin; p < end; ++p) {
       const int64_t n = p / g.C, c = p % g.C;
       if (need_part) fill_plane(in + p * g.H * g.W, g, L, xbuf.data());
-      if (gi && !s1) std::fill(gbuf.begin(), gbuf.end(), Acc(0));
+      if (gi) std::fill(gbuf.begin(), gbuf.end(), Acc(0));
       for (int64_t m = 0; m < g.M; ++m) {
         const int64_t o = c * g.M + m;
-        const T* gop_t = go + (n * O + o) * OHW;
-        const Acc* gop;
-        if constexpr (std::is_same_v<T, Acc>) {
-          gop = gop_t;
-        } else {
-          load_row(gop_t, gacc.data(), OHW);
-          gop = gacc.data();
-        }
+        const T* gop = go + (n * O + o) * OHW;
+        // grad_out flattened with row stride Qw; scratch columns stay zero.
+        for (int64_t oh = 0; oh < g.OH; ++oh) load_row(gop + oh * g.OW, gflat.data() + oh * L.Qw, g.OW);
         if (need_part)
-          weight_grad_plane<KH_, KW_>(xbuf.data(), L, g, gop, part.data() + (n * O + o) * (K + 1), lanes.data(),
-                                      off.data());
+          weight_grad_flat<K_>(xbuf.data(), off.data(), K, gflat.data(), L.flat, part.data() + (n * O + o) * (K + 1),
+                               lanes.data());
         if (!gi) continue;
-        if constexpr (fixed) {
-          if (s1) {
-            std::fill(gbuf.begin(), gbuf.end(), Acc(0));
-            for (int64_t oh = 0; oh < g.OH; ++oh)
-              std::copy(gop + oh * g.OW, gop + (oh + 1) * g.OW, gbuf.data() + (oh + gpt) * gpad_w + gpl);
-            input_grad_plane_s1<KH_, KW_>(gbuf.data(), gpad_w, g, w.data() + o * K, gi + p * g.H * g.W, tmp.data());
-            continue;
+        if (s1) {
+          for (int64_t oh = 0; oh < g.OH; ++oh) {
+            const int64_t r = oh + GT;
+            if (r < 0 || r >= GH) continue;
+            const int64_t c0 = std::max<int64_t>(0, -GL), c1 = std::min(g.OW, GW - GL);
+            if (c0 < c1) load_row(gop + oh * g.OW + c0, gbuf.data() + r * GW + GL + c0, c1 - c0);
           }
+          const Acc* wo = w.data() + o * K;
+          correlate_flat<K_>(gbuf.data(), goff.data(), wo, K, Acc(0), res.data(), gflat_n);
+          store_flat(res.data(), GW, g.H, g.W, gi + p * g.H * g.W);
+          continue;
         }
-        input_grad_plane(gbuf.data(), L, g, gop, w.data() + o * K, off.data());
+        // Scatter: each tap adds w * grad_out back onto the run it read.
+        const Acc* wo = w.data() + o * K;
+        for (int64_t t = 0; t < K; ++t) {
+          Acc* d = gbuf.data() + off[t];
+          const Acc wv = wo[t];
+          const Acc* gf = gflat.data();
+#pragma omp simd
+          for (int64_t q = 0; q < L.flat; ++q) d[q] += wv * gf[q];
+        }
       }
       if (!gi || s1) continue;
       T* gip = gi + p * g.H * g.W;
       for (int64_t h = 0; h < g.H; ++h) {
-        const Acc* row = gbuf.data() + (g.PT + h) * L.row_len;
+        const int64_t r = g.PT + h;
         if (g.SW == 1) {
-          store_row(row + g.PL, gip + h * g.W, g.W);
-        } else {
-          for (int64_t x = 0; x < g.W; ++x) gip[h * g.W + x] = static_cast<T>(row[col_offset(L, g.SW, g.PL + x)]);
+          store_row(gbuf.data() + buf_index(g, L, r, g.PL), gip + h * g.W, g.W);
+          continue;
+        }
+        for (int64_t ph = 0; ph < g.SW; ++ph) {  // the inverse of fill_plane's phase split
+          const int64_t w0 = ((ph - g.PL) % g.SW + g.SW) % g.SW;
+          if (w0 >= g.W) continue;
+          const Acc* sp = gbuf.data() + buf_index(g, L, r, g.PL + w0);
+          const int64_t cnt = (g.W - w0 + g.SW - 1) / g.SW;
+          for (int64_t k = 0; k < cnt; ++k) gip[h * g.W + w0 + k * g.SW] = static_cast<T>(sp[k]);
         }
       }
     }
@@ -304,7 +296,10 @@ void backward_nchw(const BackwardArgs& a) {
 
 // ---------------------------------------------------------------- channels_last
 
-constexpr int64_t kChannelBlock = 64;
+// Channels per register block: 32 floats (4 AVX2 registers) of accumulators that stay
+// in registers across all taps. Rows whose channel count is not a multiple, and depth
+// multipliers > 1, take the per-channel loops.
+constexpr int64_t kCB = 32;
 
 // The valid taps of output (oh, ow): their indices and input offsets (in elements).
 inline int64_t valid_taps_out(const Geom& g, int64_t n, int64_t oh, int64_t ow, int64_t* tap, int64_t* off) {
@@ -322,6 +317,57 @@ inline int64_t valid_taps_out(const Geom& g, int64_t n, int64_t oh, int64_t ow, 
   return cnt;
 }
 
+// The outputs whose taps read input (ih, iw): tap indices and grad_out offsets.
+inline int64_t valid_taps_in(const Geom& g, int64_t n, int64_t ih, int64_t iw, int64_t* tap, int64_t* off) {
+  int64_t cnt = 0;
+  for (int64_t i = 0; i < g.KH; ++i) {
+    const int64_t oh = tap_target(ih, i, g.SH, g.DH, g.PT, g.OH);
+    if (oh < 0) continue;
+    for (int64_t j = 0; j < g.KW; ++j) {
+      const int64_t ow = tap_target(iw, j, g.SW, g.DW, g.PL, g.OW);
+      if (ow < 0) continue;
+      tap[cnt] = i * g.KW + j;
+      off[cnt++] = ((n * g.OH + oh) * g.OW + ow) * g.C * g.M;
+    }
+  }
+  return cnt;
+}
+
+// One register block of B channels of one pixel: dst[c] = init[c] + sum over the cnt
+// taps of w[tap * ldw + c] * src[off + c], c in [c0, c0 + B).
+template <int B, class Acc, class T>
+inline void pixel_block_fixed(const Acc* init, const Acc* w, int64_t ldw, const T* src, const int64_t* tap,
+                              const int64_t* off, int64_t cnt, int64_t c0, T* dst) {
+  Acc a[B];
+#pragma GCC unroll 32
+  for (int q = 0; q < B; ++q) a[q] = init ? init[c0 + q] : Acc(0);
+  for (int64_t v = 0; v < cnt; ++v) {
+    const Acc* wr = w + tap[v] * ldw + c0;
+    const T* s = src + off[v] + c0;
+#pragma GCC unroll 32
+    for (int q = 0; q < B; ++q) a[q] += wr[q] * static_cast<Acc>(s[q]);
+  }
+#pragma GCC unroll 32
+  for (int q = 0; q < B; ++q) dst[c0 + q] = static_cast<T>(a[q]);
+}
+
+// Channels [c0, c0 + len) of one pixel. src_div: 1, or M when src is the input and the
+// depth multiplier is > 1 (channel o reads input channel o / M): per-channel loop.
+template <class Acc, class T>
+inline void pixel_block(const Acc* init, const Acc* w, int64_t ldw, const T* src, const int64_t* tap,
+                        const int64_t* off, int64_t cnt, int64_t c0, int64_t len, int64_t src_div, T* dst) {
+  int64_t c = c0;
+  if (src_div == 1) {
+    if (len == kCB) return pixel_block_fixed<kCB>(init, w, ldw, src, tap, off, cnt, c0, dst);
+    for (; c + 8 <= c0 + len; c += 8) pixel_block_fixed<8>(init, w, ldw, src, tap, off, cnt, c, dst);
+  }
+  for (; c < c0 + len; ++c) {
+    Acc a = init ? init[c] : Acc(0);
+    for (int64_t v = 0; v < cnt; ++v) a += w[tap[v] * ldw + c] * static_cast<Acc>(src[off[v] + c / src_div]);
+    dst[c] = static_cast<T>(a);
+  }
+}
+
 template <class Acc, class T>
 void forward_cl(const ForwardArgs& a) {
   const Geom& g = a.g;
@@ -336,33 +382,33 @@ void forward_cl(const ForwardArgs& a) {
     if (bias) b[o] = static_cast<Acc>(bias[o]);
   }
   at::parallel_for(0, g.N * g.OH, 1, [&](int64_t begin, int64_t end) {
-    std::vector<int64_t> tap(K), off(K);
-    Acc acc[kChannelBlock];
+    std::vector<int64_t> tap(K * g.OW), off(K * g.OW), cnt(g.OW);
     for (int64_t r = begin; r < end; ++r) {
       const int64_t n = r / g.OH, oh = r % g.OH;
-      for (int64_t ow = 0; ow < g.OW; ++ow) {
-        const int64_t cnt = valid_taps_out(g, n, oh, ow, tap.data(), off.data());
-        T* dst = out + (r * g.OW + ow) * O;
-        for (int64_t o0 = 0; o0 < O; o0 += kChannelBlock) {
-          const int64_t len = std::min(kChannelBlock, O - o0);
-#pragma omp simd
-          for (int64_t q = 0; q < len; ++q) acc[q] = b[o0 + q];
-          for (int64_t v = 0; v < cnt; ++v) {
-            const Acc* wr = w.data() + tap[v] * O + o0;
-            const T* s = in + off[v];
-            if (g.M == 1) {
-              s += o0;
-#pragma omp simd
-              for (int64_t q = 0; q < len; ++q) acc[q] += wr[q] * static_cast<Acc>(s[q]);
-            } else {
-              for (int64_t q = 0; q < len; ++q) acc[q] += wr[q] * static_cast<Acc>(s[(o0 + q) / g.M]);
-            }
-          }
-          store_row(acc, dst + o0, len);
-        }
+      for (int64_t ow = 0; ow < g.OW; ++ow) cnt[ow] = valid_taps_out(g, n, oh, ow, &tap[ow * K], &off[ow * K]);
+      // Channel block outermost: its weights stay in L1 across the row.
+      for (int64_t o0 = 0; o0 < O; o0 += kCB) {
+        const int64_t len = std::min(kCB, O - o0);
+        for (int64_t ow = 0; ow < g.OW; ++ow)
+          pixel_block(b.data(), w.data(), O, in, &tap[ow * K], &off[ow * K], cnt[ow], o0, len, g.M,
+                      out + (r * g.OW + ow) * O);
       }
     }
   });
+}
+
+// pt[q] += sum_k gr[k * gstep + q] * s[k * sstep + q], q < B, summed in registers.
+template <int B, class Acc, class T>
+inline void row_dot_block(const T* gr, const T* s, int64_t gstep, int64_t sstep, int64_t cnt, Acc* pt) {
+  Acc acc[B];
+#pragma GCC unroll 32
+  for (int q = 0; q < B; ++q) acc[q] = Acc(0);
+  for (int64_t k = 0; k < cnt; ++k) {
+#pragma GCC unroll 32
+    for (int q = 0; q < B; ++q) acc[q] += static_cast<Acc>(gr[k * gstep + q]) * static_cast<Acc>(s[k * sstep + q]);
+  }
+#pragma GCC unroll 32
+  for (int q = 0; q < B; ++q) pt[q] += acc[q];
 }
 
 template <class Acc, class T>
@@ -382,42 +428,29 @@ void backward_cl(const BackwardArgs& a) {
   if (gi) {
     // Gather: each input position sums the outputs whose taps read it.
     at::parallel_for(0, g.N * g.H, 1, [&](int64_t begin, int64_t end) {
-      std::vector<int64_t> tap(K), off(K);
-      Acc acc[kChannelBlock];
+      std::vector<int64_t> tap(K * g.W), off(K * g.W), cnt(g.W);
       for (int64_t r = begin; r < end; ++r) {
         const int64_t n = r / g.H, ih = r % g.H;
-        for (int64_t iw = 0; iw < g.W; ++iw) {
-          int64_t cnt = 0;
-          for (int64_t i = 0; i < g.KH; ++i) {
-            const int64_t oh = tap_target(ih, i, g.SH, g.DH, g.PT, g.OH);
-            if (oh < 0) continue;
-            for (int64_t j = 0; j < g.KW; ++j) {
-              const int64_t ow = tap_target(iw, j, g.SW, g.DW, g.PL, g.OW);
-              if (ow < 0) continue;
-              tap[cnt] = i * g.KW + j;
-              off[cnt++] = ((n * g.OH + oh) * g.OW + ow) * O;
-            }
+        for (int64_t iw = 0; iw < g.W; ++iw) cnt[iw] = valid_taps_in(g, n, ih, iw, &tap[iw * K], &off[iw * K]);
+        if (M == 1) {
+          for (int64_t c0 = 0; c0 < C; c0 += kCB) {
+            const int64_t len = std::min(kCB, C - c0);
+            for (int64_t iw = 0; iw < g.W; ++iw)
+              pixel_block<Acc, T>(nullptr, w.data(), O, go, &tap[iw * K], &off[iw * K], cnt[iw], c0, len, 1,
+                                  gi + (r * g.W + iw) * C);
           }
+          continue;
+        }
+        for (int64_t iw = 0; iw < g.W; ++iw) {
           T* dst = gi + (r * g.W + iw) * C;
-          for (int64_t c0 = 0; c0 < C; c0 += kChannelBlock) {
-            const int64_t len = std::min(kChannelBlock, C - c0);
-#pragma omp simd
-            for (int64_t q = 0; q < len; ++q) acc[q] = Acc(0);
-            for (int64_t v = 0; v < cnt; ++v) {
-              const Acc* wr = w.data() + tap[v] * O;
-              const T* s = go + off[v];
-              if (M == 1) {
-#pragma omp simd
-                for (int64_t q = 0; q < len; ++q) acc[q] += wr[c0 + q] * static_cast<Acc>(s[c0 + q]);
-              } else {
-                for (int64_t q = 0; q < len; ++q)
-                  for (int64_t m = 0; m < M; ++m) {
-                    const int64_t o = (c0 + q) * M + m;
-                    acc[q] += wr[o] * static_cast<Acc>(s[o]);
-                  }
-              }
+          for (int64_t c = 0; c < C; ++c) {
+            Acc acc = Acc(0);
+            for (int64_t v = 0; v < cnt[iw]; ++v) {
+              const int64_t t = tap[iw * K + v];
+              const T* s = go + off[iw * K + v];
+              for (int64_t m = 0; m < M; ++m) acc += w[t * O + c * M + m] * static_cast<Acc>(s[c * M + m]);
             }
-            store_row(acc, dst + c0, len);
+            dst[c] = static_cast<T>(acc);
           }
         }
       }
@@ -426,30 +459,54 @@ void backward_cl(const BackwardArgs& a) {
 
   if (!gw && !gb) return;
   // Partials per fixed chunk of output rows (not per thread), summed in chunk order.
+  // Within a row: per tap and channel block, the products over the row's outputs are
+  // summed in registers, then added to the chunk's partial once.
   const int64_t rows = g.N * g.OH;
   const int64_t chunks = std::min<int64_t>(rows, 64);
   const int64_t stride = (K + 1) * O;
   std::vector<Acc> part(chunks * stride, Acc(0));
   at::parallel_for(0, chunks, 1, [&](int64_t begin, int64_t end) {
-    std::vector<int64_t> tap(K), off(K);
     for (int64_t ch = begin; ch < end; ++ch) {
       Acc* P = part.data() + ch * stride;
       for (int64_t r = ch * rows / chunks; r < (ch + 1) * rows / chunks; ++r) {
         const int64_t n = r / g.OH, oh = r % g.OH;
-        for (int64_t ow = 0; ow < g.OW; ++ow) {
-          const T* gr = go + (r * g.OW + ow) * O;
-          Acc* pb = P + K * O;
-#pragma omp simd
-          for (int64_t o = 0; o < O; ++o) pb[o] += static_cast<Acc>(gr[o]);
-          const int64_t cnt = valid_taps_out(g, n, oh, ow, tap.data(), off.data());
-          for (int64_t v = 0; v < cnt; ++v) {
-            Acc* pt = P + tap[v] * O;
-            const T* s = in + off[v];
-            if (M == 1) {
-#pragma omp simd
-              for (int64_t o = 0; o < O; ++o) pt[o] += static_cast<Acc>(gr[o]) * static_cast<Acc>(s[o]);
-            } else {
-              for (int64_t o = 0; o < O; ++o) pt[o] += static_cast<Acc>(gr[o]) * static_cast<Acc>(s[o / M]);
+        const T* grow = go + r * g.OW * O;
+        const T* grow_lo = grow;
+        for (int64_t o0 = 0; o0 < O; o0 += kCB) {
+          const int64_t len = std::min(kCB, O - o0);
+          Acc* pb = P + K * O + o0;
+          for (int64_t ow = 0; ow < g.OW; ++ow)
+            for (int64_t q = 0; q < len; ++q) pb[q] += static_cast<Acc>(grow[ow * O + o0 + q]);
+        }
+        for (int64_t i = 0; i < g.KH; ++i) {
+          const int64_t ih = tap_source(oh, i, g.SH, g.DH, g.PT);
+          if (ih < 0 || ih >= g.H) continue;
+          for (int64_t j = 0; j < g.KW; ++j) {
+            // outputs ow whose tap j lands inside the row: iw = ow*SW - PL + j*DW in [0, W)
+            int64_t lo = 0, hi = g.OW;
+            while (lo < hi && tap_source(lo, j, g.SW, g.DW, g.PL) < 0) ++lo;
+            while (hi > lo && tap_source(hi - 1, j, g.SW, g.DW, g.PL) >= g.W) --hi;
+            if (lo >= hi) continue;
+            const T* srow = in + ((n * g.H + ih) * g.W + tap_source(lo, j, g.SW, g.DW, g.PL)) * C;
+            const int64_t sstep = g.SW * C;
+            grow_lo = grow + lo * O;
+            Acc* pt = P + (i * g.KW + j) * O;
+            for (int64_t o0 = 0; o0 < O; o0 += kCB) {
+              const int64_t len = std::min(kCB, O - o0);
+              int64_t o = o0;
+              if (M == 1) {
+                if (len == kCB) {
+                  row_dot_block<kCB>(grow_lo + o, srow + o, O, sstep, hi - lo, pt + o);
+                  continue;
+                }
+                for (; o + 8 <= o0 + len; o += 8) row_dot_block<8>(grow_lo + o, srow + o, O, sstep, hi - lo, pt + o);
+              }
+              for (; o < o0 + len; ++o) {
+                Acc acc = Acc(0);
+                for (int64_t k = 0; k < hi - lo; ++k)
+                  acc += static_cast<Acc>(grow_lo[k * O + o]) * static_cast<Acc>(srow[k * sstep + o / M]);
+                pt[o] += acc;
+              }
             }
           }
         }

@@ -89,25 +89,29 @@ inline void check_grad_out(const char* op, const at::Tensor& grad_out, const at:
 }
 
 // Runs the backend's kernels through run_fwd(ForwardArgs) after the checks.
-template <class RunFwd>
+// fresh(t) is called on each newly allocated output before the kernels write it.
+template <class RunFwd, class Fresh>
 at::Tensor forward_op(const at::Tensor& input, const at::Tensor& weight, const std::optional<at::Tensor>& bias,
-                      at::IntArrayRef stride, at::IntArrayRef padding, at::IntArrayRef dilation, const RunFwd& run_fwd) {
+                      at::IntArrayRef stride, at::IntArrayRef padding, at::IntArrayRef dilation, const RunFwd& run_fwd,
+                      const Fresh& fresh) {
   const char* op = "fusedopt.depthwise_conv2d";
   const Prepared p = prepare(op, input, weight, bias, stride, padding, dilation);
   const at::Tensor x = input.contiguous(p.fmt), w = weight.contiguous();
   const at::Tensor b = bias.has_value() ? bias->contiguous() : at::Tensor();
   at::Tensor out = at::empty({p.g.N, p.g.C * p.g.M, p.g.OH, p.g.OW}, input.options().memory_format(p.fmt));
   if (out.numel() == 0) return out;
+  fresh(out);
   run_fwd(ForwardArgs{p.g, input.scalar_type(), p.channels_last, x.const_data_ptr(), w.const_data_ptr(),
                       b.defined() ? b.const_data_ptr() : nullptr, out.mutable_data_ptr()});
   return out;
 }
 
-template <class RunBwd>
+template <class RunBwd, class Fresh>
 std::tuple<at::Tensor, at::Tensor, at::Tensor> backward_op(const at::Tensor& grad_out, const at::Tensor& input,
                                                            const at::Tensor& weight, at::IntArrayRef stride,
                                                            at::IntArrayRef padding, at::IntArrayRef dilation,
-                                                           std::array<bool, 3> mask, const RunBwd& run_bwd) {
+                                                           std::array<bool, 3> mask, const RunBwd& run_bwd,
+                                                           const Fresh& fresh) {
   const char* op = "fusedopt.depthwise_conv2d_backward";
   const Prepared p = prepare(op, input, weight, std::nullopt, stride, padding, dilation);
   check_grad_out(op, grad_out, input, p.g);
@@ -118,6 +122,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> backward_op(const at::Tensor& gra
   at::Tensor gw = mask[1] ? at::empty(weight.sizes(), opts) : at::empty({0}, opts);
   at::Tensor gb = mask[2] ? at::empty({p.g.C * p.g.M}, opts) : at::empty({0}, opts);
   if (!mask[0] && !mask[1] && !mask[2]) return {gi, gw, gb};
+  if (mask[0]) fresh(gi);
   // An empty batch still runs: the kernels then write zero grad_weight and grad_bias.
   run_bwd(BackwardArgs{p.g, input.scalar_type(), p.channels_last, go.const_data_ptr(), x.const_data_ptr(),
                        w.const_data_ptr(), mask[0] ? gi.mutable_data_ptr() : nullptr,
