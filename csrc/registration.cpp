@@ -72,7 +72,15 @@ TORCH_LIBRARY(fusedopt, m) {
         "Tensor? output, Tensor sum_dy, Tensor sum_dy_xmu, float count, float eps) -> Tensor");
 
   // ---- Depthwise convolution (csrc/depthwise) ----
-  // DEPTHWISE-SCHEMAS
+  // Depthwise conv2d, weight (C*M, 1, kH, kW) as nn.Conv2d(groups=C). padding is
+  // (top, bottom, left, right). Output keeps the input's layout (NCHW or channels_last).
+  m.def(
+      "depthwise_conv2d(Tensor input, Tensor weight, Tensor? bias, int[2] stride, int[4] padding, "
+      "int[2] dilation) -> Tensor");
+  // Grads not asked for in output_mask come back as empty (0,) tensors.
+  m.def(
+      "depthwise_conv2d_backward(Tensor grad_out, Tensor input, Tensor weight, int[2] stride, int[4] padding, "
+      "int[2] dilation, bool[3] output_mask) -> (Tensor grad_input, Tensor grad_weight, Tensor grad_bias)");
 
 }
 

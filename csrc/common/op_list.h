@@ -9,7 +9,8 @@ constexpr const char* kAllOps[] = {
     "batch_norm_train", "batch_norm_eval", "batch_norm_update_stats_", "batch_norm_backward", "batch_norm_stats",
     "batch_norm_backward_reduce", "batch_norm_backward_elemt",
 
-    // depthwise conv (csrc/depthwise): DEPTHWISE-OPS
+    // depthwise conv (csrc/depthwise)
+    "depthwise_conv2d", "depthwise_conv2d_backward",
 
 };
 }  // namespace fusedopt

@@ -4,6 +4,6 @@ from .batchnorm import (  # noqa: E402,F401
 )
 from .sync_batchnorm import SyncBatchNorm  # noqa: E402,F401
 
-# DEPTHWISE-EXPORTS
+from .depthwise import DepthwiseConv2d, DepthwiseSeparableConv2d  # noqa: E402,F401
 
 from . import functional  # noqa: E402,F401

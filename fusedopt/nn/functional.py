@@ -13,4 +13,4 @@ def batch_norm_relu(input, running_mean, running_var, weight=None, bias=None, re
     """relu(batch_norm(input) + residual) in one kernel (residual optional)."""
     return _batch_norm_impl(input, running_mean, running_var, weight, bias, residual, True, training, momentum, eps)
 
-# DEPTHWISE-FUNCTIONAL
+from .depthwise import depthwise_conv2d, depthwise_separable_conv2d  # noqa: E402,F401

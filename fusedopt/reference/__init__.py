@@ -11,4 +11,6 @@ from .batchnorm import batch_norm_backward, batch_norm_forward  # noqa: E402
 
 __all__ += ["batch_norm_forward", "batch_norm_backward"]
 
-# DEPTHWISE-REFERENCE
+from . import depthwise  # noqa: E402,F401  (depthwise.depthwise_conv2d, ...: float64 depthwise conv)
+
+__all__ += ["depthwise"]

@@ -1,0 +1,549 @@
+// CPU kernel bodies of the depthwise convolution, compiled once per instruction set by
+// depthwise_cpu_avx2.cpp and depthwise_cpu_scalar.cpp (no include guard on purpose).
+//
+// NCHW: one task per input plane (n, c), copied once into a zero-padded, phase-split
+// float buffer (see the NCHW section) so that each tap is one contiguous run over the
+// whole flattened output plane; 3x3 and 5x5 keep all taps in registers.
+// channels_last: one task per image row; the inner loops run over contiguous channels.
+// grad_weight: per-plane (NCHW) or per-fixed-chunk-of-rows (channels_last) partials,
+// summed in a fixed order at the end, so results do not depend on the thread count.
+#include "../common/dispatch.h"
+#include "depthwise_kernels.h"
+
+namespace fusedopt {
+namespace depthwise {
+namespace FO_CPU_NS {
+namespace {
+
+template <class Acc, class T>
+inline void load_row(const T* src, Acc* dst, int64_t n) {
+#pragma omp simd
+  for (int64_t i = 0; i < n; ++i) dst[i] = static_cast<Acc>(src[i]);
+}
+
+template <class Acc, class T>
+inline void store_row(const Acc* src, T* dst, int64_t n) {
+#pragma omp simd
+  for (int64_t i = 0; i < n; ++i) dst[i] = static_cast<T>(src[i]);
+}
+
+// Calls body(KH, KW) with compile-time kernel sizes for the hot cases, (0, 0) otherwise.
+template <class Body>
+void with_kernel_size(const Geom& g, const Body& body) {
+  using std::integral_constant;
+  if (g.KH == 3 && g.KW == 3) return body(integral_constant<int, 3>{}, integral_constant<int, 3>{});
+  if (g.KH == 5 && g.KW == 5) return body(integral_constant<int, 5>{}, integral_constant<int, 5>{});
+  return body(integral_constant<int, 0>{}, integral_constant<int, 0>{});
+}
+
+// ---------------------------------------------------------------- NCHW
+//
+// A plane is copied, zero-padded, into a buffer split by phase in both directions:
+// padded pixel (r, x) goes to phase plane (r % SH, x % SW) at row r / SH, column x / SW,
+// each phase plane being Qh x Qw. Then tap (i, j) of output (oh, ow) reads
+// buf[tap_off[t] + oh * Qw + ow] for a per-tap constant tap_off[t]: every tap of every
+// stride and dilation is one contiguous run over the flattened output index
+// p = oh * Qw + ow, so a whole plane is a single vectorised loop (columns ow >= OW are
+// scratch, dropped when the result is copied out).
+
+struct PlaneLayout {
+  int64_t Qh, Qw, plane, size;  // phase-plane rows, columns, values; buffer size
+  int64_t flat;                 // length of the flattened output loop, OH * Qw rounded up to 8
+};
+
+inline PlaneLayout plane_layout(const Geom& g) {
+  PlaneLayout L{};
+  L.Qh = (g.H + g.PT + g.PB + g.SH - 1) / g.SH;
+  L.Qw = (g.W + g.PL + g.PR + g.SW - 1) / g.SW;
+  L.plane = L.Qh * L.Qw;
+  L.flat = (g.OH * L.Qw + 7) / 8 * 8;
+  // Scratch lanes read past the last phase plane.
+  L.size = g.SH * g.SW * L.plane + L.flat + 8;
+  return L;
+}
+
+inline int64_t buf_index(const Geom& g, const PlaneLayout& L, int64_t r, int64_t x) {
+  return ((r % g.SH) * g.SW + x % g.SW) * L.plane + (r / g.SH) * L.Qw + x / g.SW;
+}
+
+inline void tap_offsets(const Geom& g, const PlaneLayout& L, int64_t* off) {
+  for (int64_t i = 0; i < g.KH; ++i)
+    for (int64_t j = 0; j < g.KW; ++j) off[i * g.KW + j] = buf_index(g, L, i * g.DH, j * g.DW);
+}
+
+template <class Acc, class T>
+void fill_plane(const T* src, const Geom& g, const PlaneLayout& L, Acc* buf) {
+  if (g.SH == 1 && g.SW == 1) {  // one phase: zero only the padding and the scratch tail
+    const int64_t Wp = L.Qw;
+    std::fill(buf, buf + g.PT * Wp + g.PL, Acc(0));
+    for (int64_t h = 0; h < g.H; ++h) {
+      Acc* row = buf + (g.PT + h) * Wp + g.PL;
+      load_row(src + h * g.W, row, g.W);
+      std::fill(row + g.W, row + g.W + g.PR + g.PL, Acc(0));  // right pad, next row's left pad
+    }
+    std::fill(buf + (g.PT + g.H) * Wp + g.PL, buf + L.size, Acc(0));
+    return;
+  }
+  std::fill(buf, buf + L.size, Acc(0));
+  for (int64_t h = 0; h < g.H; ++h) {
+    const int64_t r = g.PT + h;
+    const T* s = src + h * g.W;
+    if (g.SW == 1) {
+      load_row(s, buf + buf_index(g, L, r, g.PL), g.W);
+      continue;
+    }
+    for (int64_t p = 0; p < g.SW; ++p) {
+      const int64_t w0 = ((p - g.PL) % g.SW + g.SW) % g.SW;  // first w with (PL + w) % SW == p
+      if (w0 >= g.W) continue;
+      Acc* d = buf + buf_index(g, L, r, g.PL + w0);
+      const int64_t cnt = (g.W - w0 + g.SW - 1) / g.SW;
+      for (int64_t k = 0; k < cnt; ++k) d[k] = static_cast<Acc>(s[w0 + k * g.SW]);
+    }
+  }
+}
+
+// Copies the OH x OW outputs out of the flattened result (row stride Qw).
+template <class Acc, class T>
+void store_flat(const Acc* flat, int64_t qw, int64_t rows, int64_t cols, T* dst) {
+  for (int64_t r = 0; r < rows; ++r) store_row(flat + r * qw, dst + r * cols, cols);
+}
+
+// dst[p] = init + sum_t w[t] * src[off[t] + p] for p < n (n a multiple of 8). Fixed
+// kernel sizes keep every tap in registers; others accumulate tap by tap.
+template <int K_, class Acc>
+void correlate_flat(const Acc* src, const int64_t* off, const Acc* w, int64_t K, Acc init, Acc* dst, int64_t n) {
+  if constexpr (K_ > 0) {
+    const Acc* s[K_];
+    Acc wk[K_];
+    for (int t = 0; t < K_; ++t) s[t] = src + off[t], wk[t] = w[t];
+#pragma omp simd
+    for (int64_t p = 0; p < n; ++p) {
+      Acc a = init;
+#pragma GCC unroll 25
+      for (int t = 0; t < K_; ++t) a += wk[t] * s[t][p];
+      dst[p] = a;
+    }
+  } else {
+    for (int64_t p = 0; p < n; ++p) dst[p] = init;
+    for (int64_t t = 0; t < K; ++t) {
+      const Acc* s = src + off[t];
+      const Acc wv = w[t];
+#pragma omp simd
+      for (int64_t p = 0; p < n; ++p) dst[p] += wv * s[p];
+    }
+  }
+}
+
+template <int KH_, int KW_, class Acc, class T>
+void forward_nchw(const ForwardArgs& a) {
+  constexpr int K_ = KH_ * KW_;
+  const Geom& g = a.g;
+  const auto* in = static_cast<const T*>(a.input);
+  const auto* wt = static_cast<const T*>(a.weight);
+  const auto* bias = static_cast<const T*>(a.bias);
+  auto* out = static_cast<T*>(a.output);
+  const int64_t O = num_out_channels(g), K = num_taps(g);
+  std::vector<Acc> w(O * K);
+  load_row(wt, w.data(), O * K);
+  const PlaneLayout L = plane_layout(g);
+  std::vector<int64_t> off(K);
+  tap_offsets(g, L, off.data());
+  at::parallel_for(0, g.N * g.C, 1, [&](int64_t begin, int64_t end) {
+    std::vector<Acc> buf(L.size), res(L.flat);
+    for (int64_t p = begin; p < end; ++p) {
+      const int64_t n = p / g.C, c = p % g.C;
+      fill_plane(in + p * g.H * g.W, g, L, buf.data());
+      for (int64_t m = 0; m < g.M; ++m) {
+        const int64_t o = c * g.M + m;
+        const Acc b = bias ? static_cast<Acc>(bias[o]) : Acc(0);
+        correlate_flat<K_>(buf.data(), off.data(), w.data() + o * K, K, b, res.data(), L.flat);
+        store_flat(res.data(), L.Qw, g.OH, g.OW, out + (n * O + o) * g.OH * g.OW);
+      }
+    }
+  });
+}
+
+// Dot products of the flattened grad_out plane (zero in the scratch columns) with each
+// tap's run of the input buffer, and its plain sum (the bias term), into part[0..K].
+// Eight lanes per tap keep the adds in registers and in a fixed order.
+template <int K_, class Acc>
+void weight_grad_flat(const Acc* xbuf, const int64_t* off, int64_t K_rt, const Acc* gflat, int64_t n, Acc* part,
+                      Acc* lanes) {
+  const int64_t K = K_ > 0 ? K_ : K_rt;
+  std::fill(lanes, lanes + (K + 1) * 8, Acc(0));
+  for (int64_t p = 0; p < n; p += 8) {
+#pragma GCC unroll 25
+    for (int64_t t = 0; t < K; ++t) {
+      const Acc* s = xbuf + off[t] + p;
+      Acc* l = lanes + t * 8;
+#pragma omp simd
+      for (int q = 0; q < 8; ++q) l[q] += gflat[p + q] * s[q];
+    }
+    Acc* l = lanes + K * 8;
+#pragma omp simd
+    for (int q = 0; q < 8; ++q) l[q] += gflat[p + q];
+  }
+  for (int64_t t = 0; t <= K; ++t) {
+    Acc s = Acc(0);
+    for (int q = 0; q < 8; ++q) s += lanes[t * 8 + q];
+    part[t] = s;
+  }
+}
+
+template <int KH_, int KW_, class Acc, class T>
+void backward_nchw(const BackwardArgs& a) {
+  constexpr int K_ = KH_ * KW_;
+  const Geom& g = a.g;
+  const auto* go = static_cast<const T*>(a.grad_out);
+  const auto* in = static_cast<const T*>(a.input);
+  const auto* wt = static_cast<const T*>(a.weight);
+  auto* gi = static_cast<T*>(a.grad_input);
+  auto* gw = static_cast<T*>(a.grad_weight);
+  auto* gb = static_cast<T*>(a.grad_bias);
+  const int64_t O = num_out_channels(g), K = num_taps(g), OHW = g.OH * g.OW;
+  const bool need_part = gw || gb;
+  std::vector<Acc> w(O * K);
+  load_row(wt, w.data(), O * K);
+  std::vector<Acc> part(need_part ? g.N * O * (K + 1) : 0);
+  const PlaneLayout L = plane_layout(g);
+  std::vector<int64_t> off(K);
+  tap_offsets(g, L, off.data());
+
+  // Stride 1, M == 1: grad_input is a correlation of grad_out, zero-padded by the
+  // kernel's reach minus the padding, with the flipped kernel: the same flattened loop
+  // as the forward pass. gpad is (H + (KH-1)*DH) x GW; grad_out row oh sits at row
+  // oh + GT, column ow at ow + GL (parts that fall outside read only padding and are
+  // dropped: they feed no input).
+  const bool s1 = g.SH == 1 && g.SW == 1 && g.M == 1;
+  const int64_t GT = (g.KH - 1) * g.DH - g.PT, GL = (g.KW - 1) * g.DW - g.PL;
+  const int64_t GH = g.H + (g.KH - 1) * g.DH, GW = g.W + (g.KW - 1) * g.DW;
+  const int64_t gflat_n = (g.H * GW + 7) / 8 * 8;
+  std::vector<int64_t> goff(K);
+  std::vector<Acc> wflip(s1 ? O * K : 0);
+  if (s1) {
+    for (int64_t i = 0; i < g.KH; ++i)
+      for (int64_t j = 0; j < g.KW; ++j) goff[i * g.KW + j] = (g.KH - 1 - i) * g.DH * GW + (g.KW - 1 - j) * g.DW;
+  }
+
+  at::parallel_for(0, g.N * g.C, 1, [&](int64_t begin, int64_t end) {
+    std::vector<Acc> xbuf(need_part ? L.size : 0), gflat(L.flat, Acc(0)), lanes((K + 1) * 8);
+    std::vector<Acc> gbuf(gi ? (s1 ? GH * GW + gflat_n + 8 : L.size) : 0), res(gi && s1 ? gflat_n : 0);
+    for (int64_t p = begin; p < end; ++p) {
+      const int64_t n = p / g.C, c = p % g.C;
+      if (need_part) fill_plane(in + p * g.H * g.W, g, L, xbuf.data());
+      if (gi) std::fill(gbuf.begin(), gbuf.end(), Acc(0));
+      for (int64_t m = 0; m < g.M; ++m) {
+        const int64_t o = c * g.M + m;
+        const T* gop = go + (n * O + o) * OHW;
+        // grad_out flattened with row stride Qw; scratch columns stay zero.
+        for (int64_t oh = 0; oh < g.OH; ++oh) load_row(gop + oh * g.OW, gflat.data() + oh * L.Qw, g.OW);
+        if (need_part)
+          weight_grad_flat<K_>(xbuf.data(), off.data(), K, gflat.data(), L.flat, part.data() + (n * O + o) * (K + 1),
+                               lanes.data());
+        if (!gi) continue;
+        if (s1) {
+          for (int64_t oh = 0; oh < g.OH; ++oh) {
+            const int64_t r = oh + GT;
+            if (r < 0 || r >= GH) continue;
+            const int64_t c0 = std::max<int64_t>(0, -GL), c1 = std::min(g.OW, GW - GL);
+            if (c0 < c1) load_row(gop + oh * g.OW + c0, gbuf.data() + r * GW + GL + c0, c1 - c0);
+          }
+          const Acc* wo = w.data() + o * K;
+          correlate_flat<K_>(gbuf.data(), goff.data(), wo, K, Acc(0), res.data(), gflat_n);
+          store_flat(res.data(), GW, g.H, g.W, gi + p * g.H * g.W);
+          continue;
+        }
+        // Scatter: each tap adds w * grad_out back onto the run it read.
+        const Acc* wo = w.data() + o * K;
+        for (int64_t t = 0; t < K; ++t) {
+          Acc* d = gbuf.data() + off[t];
+          const Acc wv = wo[t];
+          const Acc* gf = gflat.data();
+#pragma omp simd
+          for (int64_t q = 0; q < L.flat; ++q) d[q] += wv * gf[q];
+        }
+      }
+      if (!gi || s1) continue;
+      T* gip = gi + p * g.H * g.W;
+      for (int64_t h = 0; h < g.H; ++h) {
+        const int64_t r = g.PT + h;
+        if (g.SW == 1) {
+          store_row(gbuf.data() + buf_index(g, L, r, g.PL), gip + h * g.W, g.W);
+          continue;
+        }
+        for (int64_t ph = 0; ph < g.SW; ++ph) {  // the inverse of fill_plane's phase split
+          const int64_t w0 = ((ph - g.PL) % g.SW + g.SW) % g.SW;
+          if (w0 >= g.W) continue;
+          const Acc* sp = gbuf.data() + buf_index(g, L, r, g.PL + w0);
+          const int64_t cnt = (g.W - w0 + g.SW - 1) / g.SW;
+          for (int64_t k = 0; k < cnt; ++k) gip[h * g.W + w0 + k * g.SW] = static_cast<T>(sp[k]);
+        }
+      }
+    }
+  });
+  if (!need_part) return;
+  // Fixed order over the batch: the same bits for any thread count.
+  at::parallel_for(0, O, 16, [&](int64_t begin, int64_t end) {
+    for (int64_t o = begin; o < end; ++o)
+      for (int64_t t = 0; t <= K; ++t) {
+        Acc s = Acc(0);
+        for (int64_t n = 0; n < g.N; ++n) s += part[(n * O + o) * (K + 1) + t];
+        if (t < K && gw) gw[o * K + t] = static_cast<T>(s);
+        if (t == K && gb) gb[o] = static_cast<T>(s);
+      }
+  });
+}
+
+// ---------------------------------------------------------------- channels_last
+
+// Channels per register block: 32 floats (4 AVX2 registers) of accumulators that stay
+// in registers across all taps. Rows whose channel count is not a multiple, and depth
+// multipliers > 1, take the per-channel loops.
+constexpr int64_t kCB = 32;
+
+// The valid taps of output (oh, ow): their indices and input offsets (in elements).
+inline int64_t valid_taps_out(const Geom& g, int64_t n, int64_t oh, int64_t ow, int64_t* tap, int64_t* off) {
+  int64_t cnt = 0;
+  for (int64_t i = 0; i < g.KH; ++i) {
+    const int64_t ih = tap_source(oh, i, g.SH, g.DH, g.PT);
+    if (ih < 0 || ih >= g.H) continue;
+    for (int64_t j = 0; j < g.KW; ++j) {
+      const int64_t iw = tap_source(ow, j, g.SW, g.DW, g.PL);
+      if (iw < 0 || iw >= g.W) continue;
+      tap[cnt] = i * g.KW + j;
+      off[cnt++] = ((n * g.H + ih) * g.W + iw) * g.C;
+    }
+  }
+  return cnt;
+}
+
+// The outputs whose taps read input (ih, iw): tap indices and grad_out offsets.
+inline int64_t valid_taps_in(const Geom& g, int64_t n, int64_t ih, int64_t iw, int64_t* tap, int64_t* off) {
+  int64_t cnt = 0;
+  for (int64_t i = 0; i < g.KH; ++i) {
+    const int64_t oh = tap_target(ih, i, g.SH, g.DH, g.PT, g.OH);
+    if (oh < 0) continue;
+    for (int64_t j = 0; j < g.KW; ++j) {
+      const int64_t ow = tap_target(iw, j, g.SW, g.DW, g.PL, g.OW);
+      if (ow < 0) continue;
+      tap[cnt] = i * g.KW + j;
+      off[cnt++] = ((n * g.OH + oh) * g.OW + ow) * g.C * g.M;
+    }
+  }
+  return cnt;
+}
+
+// One register block of B channels of one pixel: dst[c] = init[c] + sum over the cnt
+// taps of w[tap * ldw + c] * src[off + c], c in [c0, c0 + B).
+template <int B, class Acc, class T>
+inline void pixel_block_fixed(const Acc* init, const Acc* w, int64_t ldw, const T* src, const int64_t* tap,
+                              const int64_t* off, int64_t cnt, int64_t c0, T* dst) {
+  Acc a[B];
+#pragma GCC unroll 32
+  for (int q = 0; q < B; ++q) a[q] = init ? init[c0 + q] : Acc(0);
+  for (int64_t v = 0; v < cnt; ++v) {
+    const Acc* wr = w + tap[v] * ldw + c0;
+    const T* s = src + off[v] + c0;
+#pragma GCC unroll 32
+    for (int q = 0; q < B; ++q) a[q] += wr[q] * static_cast<Acc>(s[q]);
+  }
+#pragma GCC unroll 32
+  for (int q = 0; q < B; ++q) dst[c0 + q] = static_cast<T>(a[q]);
+}
+
+// Channels [c0, c0 + len) of one pixel. src_div: 1, or M when src is the input and the
+// depth multiplier is > 1 (channel o reads input channel o / M): per-channel loop.
+template <class Acc, class T>
+inline void pixel_block(const Acc* init, const Acc* w, int64_t ldw, const T* src, const int64_t* tap,
+                        const int64_t* off, int64_t cnt, int64_t c0, int64_t len, int64_t src_div, T* dst) {
+  int64_t c = c0;
+  if (src_div == 1) {
+    if (len == kCB) return pixel_block_fixed<kCB>(init, w, ldw, src, tap, off, cnt, c0, dst);
+    for (; c + 8 <= c0 + len; c += 8) pixel_block_fixed<8>(init, w, ldw, src, tap, off, cnt, c, dst);
+  }
+  for (; c < c0 + len; ++c) {
+    Acc a = init ? init[c] : Acc(0);
+    for (int64_t v = 0; v < cnt; ++v) a += w[tap[v] * ldw + c] * static_cast<Acc>(src[off[v] + c / src_div]);
+    dst[c] = static_cast<T>(a);
+  }
+}
+
+template <class Acc, class T>
+void forward_cl(const ForwardArgs& a) {
+  const Geom& g = a.g;
+  const auto* in = static_cast<const T*>(a.input);
+  const auto* wt = static_cast<const T*>(a.weight);
+  const auto* bias = static_cast<const T*>(a.bias);
+  auto* out = static_cast<T*>(a.output);
+  const int64_t O = num_out_channels(g), K = num_taps(g);
+  std::vector<Acc> w(K * O), b(O, Acc(0));  // weight as [tap][channel]
+  for (int64_t o = 0; o < O; ++o) {
+    for (int64_t t = 0; t < K; ++t) w[t * O + o] = static_cast<Acc>(wt[o * K + t]);
+    if (bias) b[o] = static_cast<Acc>(bias[o]);
+  }
+  at::parallel_for(0, g.N * g.OH, 1, [&](int64_t begin, int64_t end) {
+    std::vector<int64_t> tap(K * g.OW), off(K * g.OW), cnt(g.OW);
+    for (int64_t r = begin; r < end; ++r) {
+      const int64_t n = r / g.OH, oh = r % g.OH;
+      for (int64_t ow = 0; ow < g.OW; ++ow) cnt[ow] = valid_taps_out(g, n, oh, ow, &tap[ow * K], &off[ow * K]);
+      // Channel block outermost: its weights stay in L1 across the row.
+      for (int64_t o0 = 0; o0 < O; o0 += kCB) {
+        const int64_t len = std::min(kCB, O - o0);
+        for (int64_t ow = 0; ow < g.OW; ++ow)
+          pixel_block(b.data(), w.data(), O, in, &tap[ow * K], &off[ow * K], cnt[ow], o0, len, g.M,
+                      out + (r * g.OW + ow) * O);
+      }
+    }
+  });
+}
+
+// pt[q] += sum_k gr[k * gstep + q] * s[k * sstep + q], q < B, summed in registers.
+template <int B, class Acc, class T>
+inline void row_dot_block(const T* gr, const T* s, int64_t gstep, int64_t sstep, int64_t cnt, Acc* pt) {
+  Acc acc[B];
+#pragma GCC unroll 32
+  for (int q = 0; q < B; ++q) acc[q] = Acc(0);
+  for (int64_t k = 0; k < cnt; ++k) {
+#pragma GCC unroll 32
+    for (int q = 0; q < B; ++q) acc[q] += static_cast<Acc>(gr[k * gstep + q]) * static_cast<Acc>(s[k * sstep + q]);
+  }
+#pragma GCC unroll 32
+  for (int q = 0; q < B; ++q) pt[q] += acc[q];
+}
+
+template <class Acc, class T>
+void backward_cl(const BackwardArgs& a) {
+  const Geom& g = a.g;
+  const auto* go = static_cast<const T*>(a.grad_out);
+  const auto* in = static_cast<const T*>(a.input);
+  const auto* wt = static_cast<const T*>(a.weight);
+  auto* gi = static_cast<T*>(a.grad_input);
+  auto* gw = static_cast<T*>(a.grad_weight);
+  auto* gb = static_cast<T*>(a.grad_bias);
+  const int64_t O = num_out_channels(g), K = num_taps(g), C = g.C, M = g.M;
+  std::vector<Acc> w(K * O);
+  for (int64_t o = 0; o < O; ++o)
+    for (int64_t t = 0; t < K; ++t) w[t * O + o] = static_cast<Acc>(wt[o * K + t]);
+
+  if (gi) {
+    // Gather: each input position sums the outputs whose taps read it.
+    at::parallel_for(0, g.N * g.H, 1, [&](int64_t begin, int64_t end) {
+      std::vector<int64_t> tap(K * g.W), off(K * g.W), cnt(g.W);
+      for (int64_t r = begin; r < end; ++r) {
+        const int64_t n = r / g.H, ih = r % g.H;
+        for (int64_t iw = 0; iw < g.W; ++iw) cnt[iw] = valid_taps_in(g, n, ih, iw, &tap[iw * K], &off[iw * K]);
+        if (M == 1) {
+          for (int64_t c0 = 0; c0 < C; c0 += kCB) {
+            const int64_t len = std::min(kCB, C - c0);
+            for (int64_t iw = 0; iw < g.W; ++iw)
+              pixel_block<Acc, T>(nullptr, w.data(), O, go, &tap[iw * K], &off[iw * K], cnt[iw], c0, len, 1,
+                                  gi + (r * g.W + iw) * C);
+          }
+          continue;
+        }
+        for (int64_t iw = 0; iw < g.W; ++iw) {
+          T* dst = gi + (r * g.W + iw) * C;
+          for (int64_t c = 0; c < C; ++c) {
+            Acc acc = Acc(0);
+            for (int64_t v = 0; v < cnt[iw]; ++v) {
+              const int64_t t = tap[iw * K + v];
+              const T* s = go + off[iw * K + v];
+              for (int64_t m = 0; m < M; ++m) acc += w[t * O + c * M + m] * static_cast<Acc>(s[c * M + m]);
+            }
+            dst[c] = static_cast<T>(acc);
+          }
+        }
+      }
+    });
+  }
+
+  if (!gw && !gb) return;
+  // Partials per fixed chunk of output rows (not per thread), summed in chunk order.
+  // Within a row: per tap and channel block, the products over the row's outputs are
+  // summed in registers, then added to the chunk's partial once.
+  const int64_t rows = g.N * g.OH;
+  const int64_t chunks = std::min<int64_t>(rows, 64);
+  const int64_t stride = (K + 1) * O;
+  std::vector<Acc> part(chunks * stride, Acc(0));
+  at::parallel_for(0, chunks, 1, [&](int64_t begin, int64_t end) {
+    for (int64_t ch = begin; ch < end; ++ch) {
+      Acc* P = part.data() + ch * stride;
+      for (int64_t r = ch * rows / chunks; r < (ch + 1) * rows / chunks; ++r) {
+        const int64_t n = r / g.OH, oh = r % g.OH;
+        const T* grow = go + r * g.OW * O;
+        const T* grow_lo = grow;
+        for (int64_t o0 = 0; o0 < O; o0 += kCB) {
+          const int64_t len = std::min(kCB, O - o0);
+          Acc* pb = P + K * O + o0;
+          for (int64_t ow = 0; ow < g.OW; ++ow)
+            for (int64_t q = 0; q < len; ++q) pb[q] += static_cast<Acc>(grow[ow * O + o0 + q]);
+        }
+        for (int64_t i = 0; i < g.KH; ++i) {
+          const int64_t ih = tap_source(oh, i, g.SH, g.DH, g.PT);
+          if (ih < 0 || ih >= g.H) continue;
+          for (int64_t j = 0; j < g.KW; ++j) {
+            // outputs ow whose tap j lands inside the row: iw = ow*SW - PL + j*DW in [0, W)
+            int64_t lo = 0, hi = g.OW;
+            while (lo < hi && tap_source(lo, j, g.SW, g.DW, g.PL) < 0) ++lo;
+            while (hi > lo && tap_source(hi - 1, j, g.SW, g.DW, g.PL) >= g.W) --hi;
+            if (lo >= hi) continue;
+            const T* srow = in + ((n * g.H + ih) * g.W + tap_source(lo, j, g.SW, g.DW, g.PL)) * C;
+            const int64_t sstep = g.SW * C;
+            grow_lo = grow + lo * O;
+            Acc* pt = P + (i * g.KW + j) * O;
+            for (int64_t o0 = 0; o0 < O; o0 += kCB) {
+              const int64_t len = std::min(kCB, O - o0);
+              int64_t o = o0;
+              if (M == 1) {
+                if (len == kCB) {
+                  row_dot_block<kCB>(grow_lo + o, srow + o, O, sstep, hi - lo, pt + o);
+                  continue;
+                }
+                for (; o + 8 <= o0 + len; o += 8) row_dot_block<8>(grow_lo + o, srow + o, O, sstep, hi - lo, pt + o);
+              }
+              for (; o < o0 + len; ++o) {
+                Acc acc = Acc(0);
+                for (int64_t k = 0; k < hi - lo; ++k)
+                  acc += static_cast<Acc>(grow_lo[k * O + o]) * static_cast<Acc>(srow[k * sstep + o / M]);
+                pt[o] += acc;
+              }
+            }
+          }
+        }
+      }
+    }
+  });
+  at::parallel_for(0, stride, 256, [&](int64_t begin, int64_t end) {
+    for (int64_t e = begin; e < end; ++e) {
+      Acc s = Acc(0);
+      for (int64_t ch = 0; ch < chunks; ++ch) s += part[ch * stride + e];
+      const int64_t t = e / O, o = e % O;
+      if (t < K && gw) gw[o * K + t] = static_cast<T>(s);
+      if (t == K && gb) gb[o] = static_cast<T>(s);
+    }
+  });
+}
+
+}  // namespace
+
+void forward(const ForwardArgs& a) {
+  dispatch_dtype(a.dtype, [&](auto t, auto s) {
+    using T = decltype(t);
+    using Acc = decltype(s);
+    if (a.channels_last) return forward_cl<Acc, T>(a);
+    with_kernel_size(a.g, [&](auto kh, auto kw) { forward_nchw<decltype(kh)::value, decltype(kw)::value, Acc, T>(a); });
+  });
+}
+
+void backward(const BackwardArgs& a) {
+  dispatch_dtype(a.dtype, [&](auto t, auto s) {
+    using T = decltype(t);
+    using Acc = decltype(s);
+    if (a.channels_last) return backward_cl<Acc, T>(a);
+    with_kernel_size(a.g, [&](auto kh, auto kw) { backward_nchw<decltype(kh)::value, decltype(kw)::value, Acc, T>(a); });
+  });
+}
+
+}  // namespace FO_CPU_NS
+}  // namespace depthwise
+}  // namespace fusedopt

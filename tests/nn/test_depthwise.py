@@ -1,0 +1,385 @@
+"""Depthwise and depthwise-separable conv: parity with torch's grouped conv and with the
+float64 reference (fusedopt/reference/depthwise.py), both CPU kernel variants, layouts,
+dtypes, autograd, opcheck, torch.compile, errors and deterministic grad_weight."""
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+import fusedopt
+from fusedopt.nn import DepthwiseConv2d, DepthwiseSeparableConv2d
+from fusedopt.nn.functional import depthwise_conv2d, depthwise_separable_conv2d
+from fusedopt.reference import depthwise as ref
+
+OPS = torch.ops.fusedopt
+
+# (N, C, H, W, kernel, stride, padding, dilation, M). Not the full cross product: every
+# value of every axis appears, with the awkward ones (odd/tiny spatial sizes, even
+# kernels with 'same', asymmetric padding, batch 1) spread across cases.
+CASES = [
+    (2, 3, 9, 8, 3, 1, 1, 1, 1),
+    (2, 4, 10, 11, 3, 2, 1, 1, 1),
+    (1, 3, 7, 7, 5, 1, 2, 1, 2),
+    (2, 2, 12, 9, 5, 2, 2, 1, 1),
+    (1, 2, 11, 13, 7, 1, 3, 1, 1),
+    (2, 3, 15, 14, 7, 2, 0, 2, 2),
+    (2, 3, 8, 8, 1, 1, 0, 1, 2),
+    (1, 4, 9, 6, 1, 2, 0, 1, 1),
+    (2, 2, 9, 7, (3, 1), 1, (1, 0), 1, 1),
+    (2, 2, 10, 9, (3, 1), 2, 1, (2, 1), 2),
+    (2, 3, 9, 9, 3, 1, 2, 2, 1),
+    (1, 3, 12, 10, 3, 2, 1, 2, 2),
+    (2, 3, 8, 9, 3, 1, "same", 1, 1),
+    (1, 2, 7, 8, 4, 1, "same", 1, 2),
+    (2, 2, 9, 6, (2, 4), 1, "same", 2, 1),
+    (1, 2, 5, 6, 5, 1, "valid", 1, 1),
+    (1, 1, 1, 1, 1, 1, 0, 1, 1),
+    (3, 2, 3, 2, 3, 1, 1, 1, 3),
+    (2, 3, 10, 9, 3, 2, (1, 2, 0, 1), 1, 1),  # asymmetric (top, bottom, left, right)
+    (2, 5, 8, 8, 3, 3, 1, 1, 1),
+]
+
+
+def case_id(c):
+    n, ch, h, w, k, s, p, d, m = c
+    return f"N{n}C{ch}_{h}x{w}_k{k}_s{s}_p{p}_d{d}_m{m}".replace(" ", "")
+
+
+def pad4(padding, kernel, dilation):
+    """(top, bottom, left, right) for the torch-style padding of a case (torch's 'same')."""
+    k = (kernel, kernel) if isinstance(kernel, int) else kernel
+    d = (dilation, dilation) if isinstance(dilation, int) else dilation
+    if padding == "valid":
+        return [0, 0, 0, 0]
+    if padding == "same":
+        out = []
+        for kk, dd in zip(k, d):
+            t = dd * (kk - 1)
+            out += [t // 2, t - t // 2]
+        return out
+    if isinstance(padding, int):
+        return [padding] * 4
+    if len(padding) == 2:
+        return [padding[0], padding[0], padding[1], padding[1]]
+    return list(padding)
+
+
+def torch_conv(x, w, b, stride, p4, dilation):
+    """torch's grouped conv with explicit (possibly asymmetric) zero padding."""
+    xp = F.pad(x, (p4[2], p4[3], p4[0], p4[1]))
+    return F.conv2d(xp, w, b, stride, 0, dilation, groups=x.shape[1])
+
+
+def make(case, dtype=torch.float32, device="cpu", channels_last=False, bias=True, seed=0):
+    n, c, h, w, k, s, p, d, m = case
+    kh, kw = (k, k) if isinstance(k, int) else k
+    gen = torch.Generator().manual_seed(seed)
+    x = torch.randn(n, c, h, w, generator=gen, dtype=torch.float64)
+    wt = torch.randn(c * m, 1, kh, kw, generator=gen, dtype=torch.float64)
+    b = torch.randn(c * m, generator=gen, dtype=torch.float64) if bias else None
+    x = x.to(device=device, dtype=dtype)
+    if channels_last:
+        x = x.contiguous(memory_format=torch.channels_last)
+    wt = wt.to(device=device, dtype=dtype)
+    b = b.to(device=device, dtype=dtype) if bias else None
+    return x, wt, b, s, p, d
+
+
+def close(actual, expected, tol, what):
+    expected = expected.to(torch.float64)
+    scale = max(expected.abs().max().item(), 1.0)
+    err = (actual.to(torch.float64).cpu() - expected.cpu()).abs().max().item() if expected.numel() else 0.0
+    assert err <= tol * scale, f"{what}: max abs error {err:.3e} > {tol:.1e} * {scale:.3g}"
+
+
+def run_fused(x, w, b, s, p, d, grad_out):
+    xg = x.detach().clone().requires_grad_()
+    wg = w.detach().clone().requires_grad_()
+    bg = b.detach().clone().requires_grad_() if b is not None else None
+    y = depthwise_conv2d(xg, wg, bg, s, p, d)
+    y.backward(grad_out)
+    return y, xg.grad, wg.grad, (bg.grad if bg is not None else None)
+
+
+def check_case(case, dtype, device, channels_last, tol_torch, tol_ref, bias=True):
+    x, w, b, s, p, d = make(case, dtype, device, channels_last, bias)
+    st = (s, s) if isinstance(s, int) else s
+    dl = (d, d) if isinstance(d, int) else d
+    p4 = pad4(p, w.shape[2:], dl)
+    expected = ref.depthwise_conv2d(x, w, b, st, p4, dl)
+    gen = torch.Generator().manual_seed(1)
+    g64 = torch.randn(expected.shape, generator=gen, dtype=torch.float64)
+    g = g64.to(device=device, dtype=dtype)
+    if channels_last:
+        g = g.contiguous(memory_format=torch.channels_last)
+    y, gx, gw, gb = run_fused(x, w, b, s, p, d, g)
+    assert y.shape == expected.shape and y.dtype == dtype
+    if channels_last and x.shape[1] > 1 and x.shape[2] * x.shape[3] > 1:
+        assert y.is_contiguous(memory_format=torch.channels_last) and not y.is_contiguous()
+        assert gx.is_contiguous(memory_format=torch.channels_last)
+    else:
+        assert y.is_contiguous()
+    rgx, rgw, rgb = ref.depthwise_conv2d_grads(g64, x, w, b, st, p4, dl)
+    close(y, expected, tol_ref, "output vs reference")
+    close(gx, rgx, tol_ref, "grad_input vs reference")
+    close(gw, rgw, tol_ref, "grad_weight vs reference")
+    if bias:
+        close(gb, rgb, tol_ref, "grad_bias vs reference")
+    # torch's grouped conv, same dtype
+    xt = x.detach().clone().requires_grad_()
+    wt = w.detach().clone().requires_grad_()
+    bt = b.detach().clone().requires_grad_() if bias else None
+    yt = torch_conv(xt, wt, bt, st, p4, dl)
+    yt.backward(g)
+    close(y, yt, tol_torch, "output vs torch")
+    close(gx, xt.grad, tol_torch, "grad_input vs torch")
+    close(gw, wt.grad, tol_torch, "grad_weight vs torch")
+    if bias:
+        close(gb, bt.grad, tol_torch, "grad_bias vs torch")
+
+
+@pytest.mark.parametrize("channels_last", [False, True], ids=["nchw", "channels_last"])
+@pytest.mark.parametrize("case", CASES, ids=case_id)
+def test_grid_float32(case, channels_last, device):
+    check_case(case, torch.float32, device, channels_last, 2e-5, 2e-5)
+
+
+@pytest.mark.parametrize("channels_last", [False, True], ids=["nchw", "channels_last"])
+@pytest.mark.parametrize("case", [CASES[0], CASES[1], CASES[3], CASES[5], CASES[9], CASES[13], CASES[18]], ids=case_id)
+def test_both_simd_variants(case, channels_last, simd):
+    check_case(case, torch.float32, "cpu", channels_last, 2e-5, 2e-5)
+    check_case(case, torch.float64, "cpu", channels_last, 1e-12, 1e-12, bias=False)
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+@pytest.mark.parametrize("channels_last", [False, True], ids=["nchw", "channels_last"])
+@pytest.mark.parametrize("case", [CASES[0], CASES[1], CASES[2], CASES[9]], ids=case_id)
+def test_half_types_accumulate_in_float(case, channels_last, dtype, device):
+    # One rounding of a float32 sum: within a few ulps of the float64 result.
+    tol = 2e-2 if dtype == torch.bfloat16 else 3e-3
+    check_case(case, dtype, device, channels_last, 2 * tol, tol)
+
+
+def test_mobilenet_shapes_match_torch(simd):
+    # The benchmark's hot paths (3x3 s1/s2 with padding 1, many channels), both layouts.
+    for shape, s in [((2, 16, 20, 20), 1), ((2, 16, 21, 20), 2)]:
+        for cl in (False, True):
+            case = (*shape, 3, s, 1, 1, 1)
+            check_case(case, torch.float32, "cpu", cl, 2e-5, 2e-5)
+
+
+@pytest.mark.parametrize("channels_last", [False, True], ids=["nchw", "channels_last"])
+@pytest.mark.parametrize("case", [CASES[1], CASES[9], CASES[18]], ids=case_id)
+def test_gradcheck_float64(case, channels_last, device):
+    x, w, b, s, p, d = make(case, torch.float64, device, channels_last)
+    x, w, b = (t.detach().requires_grad_() for t in (x, w, b))
+    assert torch.autograd.gradcheck(lambda x, w, b: depthwise_conv2d(x, w, b, s, p, d), (x, w, b))
+
+
+def test_only_some_grads():
+    x, w, b, s, p, d = make(CASES[1])
+    x.requires_grad_()
+    y = depthwise_conv2d(x, w, b, s, p, d)
+    (gx,) = torch.autograd.grad(y.sum(), [x])
+    p4 = pad4(p, w.shape[2:], (d, d))
+    rgx, _, _ = ref.depthwise_conv2d_grads(torch.ones(y.shape, dtype=torch.float64), x, w, b, (s, s), p4, (d, d))
+    close(gx, rgx, 2e-5, "grad_input alone")
+    gi, gw, gb = OPS.depthwise_conv2d_backward(torch.randn_like(y), x.detach(), w, [s, s], p4, [d, d], [False, True, False])
+    assert gi.numel() == 0 and gb.numel() == 0 and gw.shape == w.shape
+
+
+def test_empty_batch():
+    x = torch.randn(0, 3, 5, 5, requires_grad=True)
+    w = torch.randn(3, 1, 3, 3, requires_grad=True)
+    b = torch.randn(3, requires_grad=True)
+    y = depthwise_conv2d(x, w, b, 1, 1)
+    assert y.shape == (0, 3, 5, 5)
+    y.sum().backward()
+    assert torch.equal(w.grad, torch.zeros_like(w)) and torch.equal(b.grad, torch.zeros_like(b))
+
+
+# ---------------------------------------------------------------- modules
+
+@pytest.mark.parametrize("padding", [0, 1, (2, 1), "same", "valid"])
+@pytest.mark.parametrize("padding_mode", ["zeros", "reflect", "circular"])
+def test_module_matches_nn_conv2d(padding, padding_mode):
+    if padding_mode != "zeros" and padding in (0, "valid"):
+        pytest.skip("nothing to pad")
+    torch.manual_seed(0)
+    kw = dict(kernel_size=(3, 4) if padding == "same" else 3, stride=1, padding=padding, dilation=1, bias=True,
+              padding_mode=padding_mode)
+    tconv = nn.Conv2d(4, 8, groups=4, **kw)
+    fconv = DepthwiseConv2d(4, 8, **kw)
+    assert fconv.state_dict().keys() == tconv.state_dict().keys()
+    fconv.load_state_dict(tconv.state_dict())
+    x = torch.randn(2, 4, 9, 10)
+    xt, xf = x.clone().requires_grad_(), x.clone().requires_grad_()
+    yt, yf = tconv(xt), fconv(xf)
+    g = torch.randn_like(yt)
+    yt.backward(g)
+    yf.backward(g)
+    close(yf, yt, 2e-5, "module output")
+    close(xf.grad, xt.grad, 2e-5, "module grad_input")
+    close(fconv.weight.grad, tconv.weight.grad, 2e-5, "module grad_weight")
+    close(fconv.bias.grad, tconv.bias.grad, 2e-5, "module grad_bias")
+
+
+def test_from_torch_keeps_weights_and_config():
+    torch.manual_seed(0)
+    tconv = nn.Conv2d(6, 12, 5, stride=2, padding=2, dilation=1, groups=6, bias=False).double()
+    fconv = DepthwiseConv2d.from_torch(tconv)
+    assert isinstance(fconv, nn.Conv2d) and fconv.groups == 6 and fconv.bias is None
+    assert fconv.weight.dtype == torch.float64 and torch.equal(fconv.weight, tconv.weight)
+    assert fconv.weight.data_ptr() != tconv.weight.data_ptr()
+    x = torch.randn(2, 6, 11, 12, dtype=torch.float64)
+    close(fconv(x), tconv(x), 1e-12, "from_torch output")
+    with pytest.raises(ValueError, match="groups == in_channels"):
+        DepthwiseConv2d.from_torch(nn.Conv2d(4, 4, 3))
+
+
+def keras_same(size, k, s, d):
+    total = max((-(-size // s) - 1) * s + (k - 1) * d + 1 - size, 0)
+    return total // 2, total - total // 2
+
+
+@pytest.mark.parametrize("channels_last", [False, True], ids=["nchw", "channels_last"])
+@pytest.mark.parametrize("k,s,d,m,padding,hw", [
+    (3, 1, 1, 1, "same", (9, 8)),
+    (3, 2, 1, 2, "same", (10, 9)),  # stride 2: Keras pads (0, 1) on even sizes
+    (5, 2, 1, 1, "same", (11, 12)),
+    (4, 1, 2, 1, "same", (8, 9)),
+    (3, 2, 1, 1, "valid", (9, 9)),
+    (3, 1, 1, 3, 1, (7, 6)),
+])
+def test_separable_matches_two_convs(k, s, d, m, padding, hw, channels_last):
+    torch.manual_seed(0)
+    c, out = 4, 6
+    mod = DepthwiseSeparableConv2d(c, out, k, stride=s, padding=padding, dilation=d, depth_multiplier=m)
+    assert isinstance(mod.depthwise, DepthwiseConv2d) and mod.depthwise.bias is None
+    assert mod.pointwise.weight.shape == (out, c * m, 1, 1) and mod.pointwise.bias is not None
+    x = torch.randn(2, c, *hw)
+    if channels_last:
+        x = x.contiguous(memory_format=torch.channels_last)
+    if padding == "same":
+        (pt, pb), (pl, pr) = keras_same(hw[0], k, s, d), keras_same(hw[1], k, s, d)
+        assert hw[0] % s or s == 1 or pt < pb  # stride 2 on even sizes pads asymmetrically
+    elif padding == "valid":
+        pt = pb = pl = pr = 0
+    else:
+        pt = pb = pl = pr = padding
+    xt, xf = x.clone().requires_grad_(), x.clone().requires_grad_()
+    mid = F.conv2d(F.pad(xt, (pl, pr, pt, pb)), mod.depthwise.weight, None, s, 0, d, groups=c)
+    yt = F.conv2d(mid, mod.pointwise.weight, mod.pointwise.bias)
+    yf = mod(xf)
+    if padding == "same":
+        assert yf.shape[2:] == (-(-hw[0] // s), -(-hw[1] // s))
+    g = torch.randn_like(yt)
+    grads_t = torch.autograd.grad(yt, [xt, mod.depthwise.weight, mod.pointwise.weight, mod.pointwise.bias], g)
+    grads_f = torch.autograd.grad(yf, [xf, mod.depthwise.weight, mod.pointwise.weight, mod.pointwise.bias], g)
+    close(yf, yt, 2e-5, "separable output")
+    for a, b_, name in zip(grads_f, grads_t, ["input", "depthwise", "pointwise", "bias"]):
+        close(a, b_, 2e-5, f"separable grad {name}")
+    expected = ref.depthwise_separable_conv2d(x, mod.depthwise.weight, mod.pointwise.weight, mod.pointwise.bias,
+                                              (s, s), [pt, pb, pl, pr], (d, d))
+    close(yf, expected, 2e-5, "separable output vs reference")
+    yfun = depthwise_separable_conv2d(x, mod.depthwise.weight, mod.pointwise.weight, mod.pointwise.bias, s, padding, d)
+    close(yfun, expected, 2e-5, "functional separable vs reference")
+
+
+# ---------------------------------------------------------------- dispatcher / compile
+
+@pytest.mark.parametrize("channels_last", [False, True], ids=["nchw", "channels_last"])
+def test_opcheck(channels_last, device):
+    x, w, b, s, p, d = make(CASES[9], device=device, channels_last=channels_last)
+    p4 = pad4(p, w.shape[2:], d)
+    st, dl = [s, s], list(d)
+    x.requires_grad_(), w.requires_grad_(), b.requires_grad_()
+    torch.library.opcheck(OPS.depthwise_conv2d, (x, w, b, st, p4, dl))
+    torch.library.opcheck(OPS.depthwise_conv2d, (x, w, None, st, p4, dl))
+    y = OPS.depthwise_conv2d(x.detach(), w.detach(), None, st, p4, dl)
+    g = torch.randn_like(y)
+    for mask in ([True, True, True], [False, True, False], [True, False, False]):
+        torch.library.opcheck(OPS.depthwise_conv2d_backward, (g, x.detach(), w.detach(), st, p4, dl, mask))
+
+
+class MobileBlock(nn.Module):
+    def __init__(self, c, m):
+        super().__init__()
+        self.dw = DepthwiseConv2d(c, c * m, 3, stride=2, padding=1, bias=False)
+        self.bn = nn.BatchNorm2d(c * m)
+        self.pw = nn.Conv2d(c * m, 8, 1)
+
+    def forward(self, x):
+        return self.pw(torch.relu(self.bn(self.dw(x))))
+
+
+@pytest.mark.parametrize("channels_last", [False, True], ids=["nchw", "channels_last"])
+def test_compile_fullgraph_mobilenet_block(channels_last):
+    torch.manual_seed(0)
+    eager = MobileBlock(4, 2)
+    compiled_mod = MobileBlock(4, 2)
+    compiled_mod.load_state_dict(eager.state_dict())
+    x = torch.randn(2, 4, 12, 11)
+    if channels_last:
+        x = x.contiguous(memory_format=torch.channels_last)
+    compiled = torch.compile(compiled_mod, fullgraph=True, backend="aot_eager")
+    xe, xc = x.clone().requires_grad_(), x.clone().requires_grad_()
+    ye, yc = eager(xe), compiled(xc)
+    g = torch.randn_like(ye)
+    ye.backward(g)
+    yc.backward(g)
+    close(yc, ye, 1e-6, "compiled output")
+    close(xc.grad, xe.grad, 1e-6, "compiled grad_input")
+    close(compiled_mod.dw.weight.grad, eager.dw.weight.grad, 1e-6, "compiled grad_weight")
+
+
+# ---------------------------------------------------------------- determinism, errors
+
+@pytest.mark.parametrize("channels_last", [False, True], ids=["nchw", "channels_last"])
+def test_grad_weight_bitwise_deterministic(channels_last):
+    x, w, b, s, p, d = make((8, 16, 20, 20, 3, 1, 1, 1, 1), channels_last=channels_last)
+    g = torch.randn(8, 16, 20, 20)
+    runs = []
+    threads = torch.get_num_threads()
+    for nthreads in (threads, threads, 1):
+        torch.set_num_threads(nthreads)
+        try:
+            runs.append(run_fused(x, w, b, s, p, d, g)[2:])
+        finally:
+            torch.set_num_threads(threads)
+    for other in runs[1:]:
+        assert torch.equal(runs[0][0], other[0]) and torch.equal(runs[0][1], other[1])
+
+
+def test_errors():
+    x = torch.randn(2, 4, 8, 8)
+    w = torch.randn(4, 1, 3, 3)
+    with pytest.raises(ValueError, match="multiple of in_channels"):
+        DepthwiseConv2d(4, 6, 3)
+    with pytest.raises(ValueError, match="not a multiple"):
+        depthwise_conv2d(x, torch.randn(6, 1, 3, 3))
+    with pytest.raises(ValueError, match=r"shape \(C\*M, 1, kH, kW\)"):
+        depthwise_conv2d(x, torch.randn(4, 2, 3, 3))
+    with pytest.raises(ValueError, match="4-D input"):
+        depthwise_conv2d(torch.randn(4, 8, 8), w)
+    with pytest.raises(TypeError, match="dtype"):
+        depthwise_conv2d(x.double(), w)
+    with pytest.raises(TypeError, match="float32, float64"):
+        depthwise_conv2d(x.to(torch.int32), w.to(torch.int32))
+    with pytest.raises(ValueError, match="bias must have shape"):
+        depthwise_conv2d(x, w, torch.randn(5))
+    with pytest.raises(ValueError, match="smaller than the dilated kernel"):
+        depthwise_conv2d(torch.randn(1, 4, 2, 2), w)
+    with pytest.raises(ValueError, match="stride"):
+        depthwise_conv2d(x, w, stride=0)
+    with pytest.raises(ValueError, match="padding"):
+        depthwise_conv2d(x, w, padding=(1, -1, 0, 0))
+    with pytest.raises(ValueError, match="strided"):
+        depthwise_conv2d(x, w, stride=2, padding="same")
+    with pytest.raises(ValueError, match="padding must be"):
+        DepthwiseSeparableConv2d(4, 4, 3, padding="full")
+    y = depthwise_conv2d(x, w, padding=1)
+    with pytest.raises(ValueError, match="grad_out must have shape"):
+        OPS.depthwise_conv2d_backward(y[:, :2], x, w, [1, 1], [1, 1, 1, 1], [1, 1], [True, True, False])
+    with pytest.raises(RuntimeError, match="sparse"):
+        OPS.depthwise_conv2d(x.to_sparse(), w, None, [1, 1], [0, 0, 0, 0], [1, 1])
