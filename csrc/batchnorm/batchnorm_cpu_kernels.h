@@ -216,10 +216,53 @@ inline int64_t row_blocks(int64_t M) {
   return std::max<int64_t>(1, std::min<int64_t>(at::get_num_threads(), (M + per - 1) / per));
 }
 
+// Statistics of K vectors of channels [c0, c0 + K*N) over rows [s, e) of one chunk, with
+// the accumulators in registers: chunk mean m (pivot-shifted sum), then the sums of
+// (x - m) and (x - m)^2. The chunk (a few KB) is in L1 for the second walk.
+template <int K, class T, class S>
+inline void rows_chunk_stats(const T* x, int64_t C, int64_t s, int64_t e, int64_t c0, S* m, S* dsum, S* qsum) {
+  using L = Lanes<T>;
+  using V = typename L::V;
+  constexpr int N = L::N;
+  V piv[K], a[K];
+#pragma GCC unroll 4
+  for (int j = 0; j < K; ++j) {
+    piv[j] = L::load(x + s * C + c0 + j * N);
+    a[j] = V(S(0));
+  }
+  for (int64_t r = s; r < e; ++r) {
+    const T* p = x + r * C + c0;
+#pragma GCC unroll 4
+    for (int j = 0; j < K; ++j) a[j] = a[j] + (L::load(p + j * N) - piv[j]);
+  }
+  const V inv_len(S(1) / static_cast<S>(e - s));
+  V mm[K], d[K], q[K];
+#pragma GCC unroll 4
+  for (int j = 0; j < K; ++j) {
+    mm[j] = piv[j] + a[j] * inv_len;
+    d[j] = V(S(0));
+    q[j] = V(S(0));
+  }
+  for (int64_t r = s; r < e; ++r) {
+    const T* p = x + r * C + c0;
+#pragma GCC unroll 4
+    for (int j = 0; j < K; ++j) {
+      const V t = L::load(p + j * N) - mm[j];
+      d[j] = d[j] + t;
+      q[j] = q[j] + t * t;
+    }
+  }
+#pragma GCC unroll 4
+  for (int j = 0; j < K; ++j) {
+    Lanes<S>::store(m + c0 + j * N, mm[j]);
+    Lanes<S>::store(dsum + c0 + j * N, d[j]);
+    Lanes<S>::store(qsum + c0 + j * N, q[j]);
+  }
+}
+
 template <class T>
 void rows_stats(const T* x, const Geom& g, const StatsOut& o) {
   using L = Lanes<T>;
-  using V = typename L::V;
   using S = MathOf<T>;
   constexpr int N = L::N;
   const int64_t C = g.C, M = g.count();
@@ -227,7 +270,7 @@ void rows_stats(const T* x, const Geom& g, const StatsOut& o) {
   std::vector<double> bn(B * C, 0.0), bmean(B * C, 0.0), bm2(B * C, 0.0);
   const int64_t R = row_chunk(C);
   at::parallel_for(0, B, 1, [&](int64_t b0, int64_t b1) {
-    std::vector<S> pivot(C), acc(C), m(C), dsum(C), qsum(C);
+    std::vector<S> m(C), dsum(C), qsum(C);
     for (int64_t b = b0; b < b1; ++b) {
       const int64_t r0 = M * b / B, r1 = M * (b + 1) / B;
       double* wn = &bn[b * C];
@@ -235,41 +278,28 @@ void rows_stats(const T* x, const Geom& g, const StatsOut& o) {
       double* w2 = &bm2[b * C];
       for (int64_t s = r0; s < r1; s += R) {
         const int64_t e = std::min(r1, s + R);
-        const S len = static_cast<S>(e - s);
-        const T* first = x + s * C;
-        for (int64_t c = 0; c < C; ++c) {
-          pivot[c] = static_cast<S>(first[c]);
-          acc[c] = S(0);
-          dsum[c] = S(0);
-          qsum[c] = S(0);
-        }
-        for (int64_t r = s; r < e; ++r) {
-          const T* p = x + r * C;
-          int64_t c = 0;
-          for (; c + N <= C; c += N)
-            Lanes<S>::store(&acc[c], Lanes<S>::load(&acc[c]) + (L::load(p + c) - Lanes<S>::load(&pivot[c])));
-          for (; c < C; ++c) acc[c] += static_cast<S>(p[c]) - pivot[c];
-        }
-        for (int64_t c = 0; c < C; ++c) m[c] = pivot[c] + acc[c] / len;
-        for (int64_t r = s; r < e; ++r) {
-          const T* p = x + r * C;
-          int64_t c = 0;
-          for (; c + N <= C; c += N) {
-            const V d = L::load(p + c) - Lanes<S>::load(&m[c]);
-            Lanes<S>::store(&dsum[c], Lanes<S>::load(&dsum[c]) + d);
-            Lanes<S>::store(&qsum[c], Lanes<S>::load(&qsum[c]) + d * d);
+        int64_t c = 0;
+        for (; c + 4 * N <= C; c += 4 * N) rows_chunk_stats<4>(x, C, s, e, c, m.data(), dsum.data(), qsum.data());
+        for (; c + N <= C; c += N) rows_chunk_stats<1>(x, C, s, e, c, m.data(), dsum.data(), qsum.data());
+        for (; c < C; ++c) {  // channels past the last full vector
+          const S piv = static_cast<S>(x[s * C + c]);
+          S acc = 0;
+          for (int64_t r = s; r < e; ++r) acc += static_cast<S>(x[r * C + c]) - piv;
+          m[c] = piv + acc / static_cast<S>(e - s);
+          S dd = 0, qq = 0;
+          for (int64_t r = s; r < e; ++r) {
+            const S t = static_cast<S>(x[r * C + c]) - m[c];
+            dd += t;
+            qq += t * t;
           }
-          for (; c < C; ++c) {
-            const S d = static_cast<S>(p[c]) - m[c];
-            dsum[c] += d;
-            qsum[c] += d * d;
-          }
+          dsum[c] = dd;
+          qsum[c] = qq;
         }
         const double n = static_cast<double>(e - s);
-        for (int64_t c = 0; c < C; ++c) {
-          const double d = dsum[c];
-          welford_merge(wn[c], wm[c], w2[c], n, static_cast<double>(m[c]) + d / n,
-                        std::max(0.0, static_cast<double>(qsum[c]) - d * d / n));
+        for (int64_t cc = 0; cc < C; ++cc) {
+          const double d = dsum[cc];
+          welford_merge(wn[cc], wm[cc], w2[cc], n, static_cast<double>(m[cc]) + d / n,
+                        std::max(0.0, static_cast<double>(qsum[cc]) - d * d / n));
         }
       }
     }
@@ -312,12 +342,41 @@ void rows_apply(const T* x, T* y, const T* res, bool relu, const Geom& g, const 
   });
 }
 
+// Sums of dy' and dy' * (x - mean) of K vectors of channels over rows [s, e), in registers.
+template <int K, class T, class S>
+inline void rows_chunk_reduce(const T* dy, const T* x, const T* out, int64_t C, int64_t s, int64_t e, int64_t c0,
+                              const S* mean, S* sa, S* sb) {
+  using L = Lanes<T>;
+  using V = typename L::V;
+  constexpr int N = L::N;
+  V mm[K], a[K], b[K];
+#pragma GCC unroll 4
+  for (int j = 0; j < K; ++j) {
+    mm[j] = Lanes<S>::load(mean + c0 + j * N);
+    a[j] = V(S(0));
+    b[j] = V(S(0));
+  }
+  for (int64_t r = s; r < e; ++r) {
+    const int64_t off = r * C + c0;
+#pragma GCC unroll 4
+    for (int j = 0; j < K; ++j) {
+      V d = L::load(dy + off + j * N);
+      if (out) d = bn_keep_if_pos(L::load(out + off + j * N), d);
+      a[j] = a[j] + d;
+      b[j] = b[j] + d * (L::load(x + off + j * N) - mm[j]);
+    }
+  }
+#pragma GCC unroll 4
+  for (int j = 0; j < K; ++j) {
+    Lanes<S>::store(sa + c0 + j * N, a[j]);
+    Lanes<S>::store(sb + c0 + j * N, b[j]);
+  }
+}
+
 template <class T, class S>
 void rows_reduce(const T* dy, const T* x, const T* out, const Geom& g, const S* mean, double* sum_dy,
                  double* sum_dy_xmu) {
   using L = Lanes<T>;
-  using LS = Lanes<S>;
-  using V = typename L::V;
   constexpr int N = L::N;
   const int64_t C = g.C, M = g.count();
   const int64_t B = row_blocks(M);
@@ -331,29 +390,23 @@ void rows_reduce(const T* dy, const T* x, const T* out, const Geom& g, const S* 
       double* wx = &bsx[blk * C];
       for (int64_t s = r0; s < r1; s += R) {
         const int64_t e = std::min(r1, s + R);
-        std::fill(a.begin(), a.end(), S(0));
-        std::fill(b.begin(), b.end(), S(0));
-        for (int64_t r = s; r < e; ++r) {
-          const T* pd = dy + r * C;
-          const T* px = x + r * C;
-          const T* po = out ? out + r * C : nullptr;
-          int64_t c = 0;
-          for (; c + N <= C; c += N) {
-            V d = L::load(pd + c);
-            if (po) d = bn_keep_if_pos(L::load(po + c), d);
-            LS::store(&a[c], LS::load(&a[c]) + d);
-            LS::store(&b[c], LS::load(&b[c]) + d * (L::load(px + c) - LS::load(mean + c)));
+        int64_t c = 0;
+        for (; c + 4 * N <= C; c += 4 * N) rows_chunk_reduce<4>(dy, x, out, C, s, e, c, mean, a.data(), b.data());
+        for (; c + N <= C; c += N) rows_chunk_reduce<1>(dy, x, out, C, s, e, c, mean, a.data(), b.data());
+        for (; c < C; ++c) {
+          S ta = 0, tb = 0;
+          for (int64_t r = s; r < e; ++r) {
+            S d = static_cast<S>(dy[r * C + c]);
+            if (out) d = bn_keep_if_pos(static_cast<S>(out[r * C + c]), d);
+            ta += d;
+            tb += d * (static_cast<S>(x[r * C + c]) - mean[c]);
           }
-          for (; c < C; ++c) {
-            S d = static_cast<S>(pd[c]);
-            if (po) d = bn_keep_if_pos(static_cast<S>(po[c]), d);
-            a[c] += d;
-            b[c] += d * (static_cast<S>(px[c]) - mean[c]);
-          }
+          a[c] = ta;
+          b[c] = tb;
         }
-        for (int64_t c = 0; c < C; ++c) {
-          wd[c] += a[c];
-          wx[c] += b[c];
+        for (int64_t cc = 0; cc < C; ++cc) {
+          wd[cc] += a[cc];
+          wx[cc] += b[cc];
         }
       }
     }

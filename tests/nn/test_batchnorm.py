@@ -140,6 +140,13 @@ def test_parity_dtypes(simd, kind, shape, channels_last, dtype):
     _run_parity(kind, shape, channels_last, dtype, CONFIGS[0])
 
 
+@pytest.mark.parametrize("channels_last", [False, True])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.bfloat16])
+def test_parity_many_channels(simd, channels_last, dtype):
+    # 45 channels: the row kernels' 4-vector column groups, single vectors and a scalar tail.
+    _run_parity(2, (3, 45, 5, 7), channels_last, dtype, CONFIGS[0])
+
+
 def test_half_module_weights_in_input_dtype():
     # model.to(bfloat16): weights and buffers in bf16 too.
     torch.manual_seed(0)
