@@ -368,6 +368,10 @@ def test_errors():
     with pytest.raises(ValueError, match="relu=True needs the forward output"):
         x = torch.randn(2, 4, 3)
         ops.batch_norm_backward(x, x, None, torch.zeros(4), torch.ones(4), None, True, True, 1e-5, [True] * 4)
+    with pytest.raises(ValueError, match="running_mean should contain 4 elements"):
+        FF.batch_norm(torch.randn(2, 4, 3), torch.zeros(3), torch.ones(3), training=True)
+    with pytest.raises(ValueError, match="running_var should contain 4 elements"):
+        FF.batch_norm(torch.randn(2, 4, 3), torch.zeros(4), torch.ones(5), training=False)
     with pytest.raises(RuntimeError, match="running_mean must be defined in evaluation mode"):
         FF.batch_norm(torch.randn(2, 4, 3), None, None, training=False)
     with pytest.raises(ValueError, match="residual must have the input's shape"):
