@@ -50,60 +50,83 @@ inline int64_t row_chunk(int64_t C) { return std::max<int64_t>(4, kRowChunkElems
 
 // ---------------------------------------------------------------- planes
 
-// (count, mean, M2) of len contiguous elements.
+// (count, mean, M2) of len contiguous elements from the sums of (x - m) and (x - m)^2
+// around a shift m near their mean (the corrected two-pass formula, exact for any m
+// but precise only when m is close). The first chunk of a channel finds m with a
+// pivot-shifted pass over the chunk (from L1 the second time); later chunks shift by
+// the channel's mean so far, in one pass.
 template <class T>
-Welford chunk_stats(const T* p, int64_t len) {
+Welford chunk_stats(const T* p, int64_t len, const MathOf<T>* shift) {
   using L = Lanes<T>;
   using V = typename L::V;
   using S = MathOf<T>;
   constexpr int N = L::N;
   Welford w;
   if (len <= 0) return w;
-  const S pivot = static_cast<S>(p[0]);
-  const V vp(pivot);
-  V a0(S(0)), a1(S(0));
-  int64_t i = 0;
-  for (; i + 2 * N <= len; i += 2 * N) {
-    a0 = a0 + (L::load(p + i) - vp);
-    a1 = a1 + (L::load(p + i + N) - vp);
+  S m;
+  if (shift) {
+    m = *shift;
+  } else {
+    const S pivot = static_cast<S>(p[0]);
+    const V vp(pivot);
+    V a0(S(0)), a1(S(0));
+    int64_t i = 0;
+    for (; i + 2 * N <= len; i += 2 * N) {
+      a0 = a0 + (L::load(p + i) - vp);
+      a1 = a1 + (L::load(p + i + N) - vp);
+    }
+    for (; i + N <= len; i += N) a0 = a0 + (L::load(p + i) - vp);
+    S sum = bn_hsum(a0 + a1);
+    for (; i < len; ++i) sum += static_cast<S>(p[i]) - pivot;
+    m = pivot + sum / static_cast<S>(len);
   }
-  for (; i + N <= len; i += N) a0 = a0 + (L::load(p + i) - vp);
-  S sum = bn_hsum(a0 + a1);
-  for (; i < len; ++i) sum += static_cast<S>(p[i]) - pivot;
-  const S m = pivot + sum / static_cast<S>(len);
-  const V vm(m);
-  V d0(S(0)), d1(S(0)), q0(S(0)), q1(S(0));
-  i = 0;
-  for (; i + 2 * N <= len; i += 2 * N) {
-    const V e0 = L::load(p + i) - vm, e1 = L::load(p + i + N) - vm;
-    d0 = d0 + e0;
-    d1 = d1 + e1;
-    q0 = q0 + e0 * e0;
-    q1 = q1 + e1 * e1;
+  // A shift further than one standard deviation from the chunk's mean (samples whose
+  // means differ a lot) costs precision: walk the chunk again around the corrected mean.
+  for (int attempt = 0;; ++attempt) {
+    const V vm(m);
+    V d0(S(0)), d1(S(0)), q0(S(0)), q1(S(0));
+    int64_t i = 0;
+    for (; i + 2 * N <= len; i += 2 * N) {
+      const V e0 = L::load(p + i) - vm, e1 = L::load(p + i + N) - vm;
+      d0 = d0 + e0;
+      d1 = d1 + e1;
+      q0 = q0 + e0 * e0;
+      q1 = q1 + e1 * e1;
+    }
+    for (; i + N <= len; i += N) {
+      const V e0 = L::load(p + i) - vm;
+      d0 = d0 + e0;
+      q0 = q0 + e0 * e0;
+    }
+    double d = bn_hsum(d0 + d1), q = bn_hsum(q0 + q1);
+    for (; i < len; ++i) {
+      const double e = static_cast<S>(p[i]) - m;
+      d += e;
+      q += e * e;
+    }
+    const double n = static_cast<double>(len);
+    if (attempt == 0 && shift && d * d > n * (q - d * d / n)) {
+      m = static_cast<S>(static_cast<double>(m) + d / n);
+      continue;
+    }
+    w.n = n;
+    w.mean = static_cast<double>(m) + d / n;
+    w.m2 = std::max(0.0, q - d * d / n);
+    return w;
   }
-  for (; i + N <= len; i += N) {
-    const V e0 = L::load(p + i) - vm;
-    d0 = d0 + e0;
-    q0 = q0 + e0 * e0;
-  }
-  double d = bn_hsum(d0 + d1), q = bn_hsum(q0 + q1);
-  for (; i < len; ++i) {
-    const double e = static_cast<S>(p[i]) - m;
-    d += e;
-    q += e * e;
-  }
-  w.n = static_cast<double>(len);
-  w.mean = static_cast<double>(m) + d / w.n;
-  w.m2 = std::max(0.0, q - d * d / w.n);
-  return w;
 }
 
 template <class T>
 Welford plane_channel_stats(const T* x, const Geom& g, int64_t c) {
+  using S = MathOf<T>;
   Welford acc;
+  S shift = 0;
   for (int64_t n = 0; n < g.N; ++n) {
     const T* p = x + (n * g.C + c) * g.inner;
-    for (int64_t s = 0; s < g.inner; s += kPlaneChunk) welford_merge(acc, chunk_stats(p + s, std::min(kPlaneChunk, g.inner - s)));
+    for (int64_t s = 0; s < g.inner; s += kPlaneChunk) {
+      welford_merge(acc, chunk_stats(p + s, std::min(kPlaneChunk, g.inner - s), acc.n > 0 ? &shift : nullptr));
+      shift = static_cast<S>(acc.mean);
+    }
   }
   return acc;
 }
@@ -219,27 +242,36 @@ inline int64_t row_blocks(int64_t M) {
 // Statistics of K vectors of channels [c0, c0 + K*N) over rows [s, e) of one chunk, with
 // the accumulators in registers: chunk mean m (pivot-shifted sum), then the sums of
 // (x - m) and (x - m)^2. The chunk (a few KB) is in L1 for the second walk.
+// With shift (the block's per-channel means so far), the shift replaces the first walk,
+// as in chunk_stats.
 template <int K, class T, class S>
-inline void rows_chunk_stats(const T* x, int64_t C, int64_t s, int64_t e, int64_t c0, S* m, S* dsum, S* qsum) {
+inline void rows_chunk_stats(const T* x, int64_t C, int64_t s, int64_t e, int64_t c0, const S* shift, S* m, S* dsum,
+                             S* qsum) {
   using L = Lanes<T>;
   using V = typename L::V;
   constexpr int N = L::N;
-  V piv[K], a[K];
-#pragma GCC unroll 4
-  for (int j = 0; j < K; ++j) {
-    piv[j] = L::load(x + s * C + c0 + j * N);
-    a[j] = V(S(0));
-  }
-  for (int64_t r = s; r < e; ++r) {
-    const T* p = x + r * C + c0;
-#pragma GCC unroll 4
-    for (int j = 0; j < K; ++j) a[j] = a[j] + (L::load(p + j * N) - piv[j]);
-  }
-  const V inv_len(S(1) / static_cast<S>(e - s));
   V mm[K], d[K], q[K];
+  if (shift) {
+#pragma GCC unroll 4
+    for (int j = 0; j < K; ++j) mm[j] = Lanes<S>::load(shift + c0 + j * N);
+  } else {
+    V piv[K], a[K];
+#pragma GCC unroll 4
+    for (int j = 0; j < K; ++j) {
+      piv[j] = L::load(x + s * C + c0 + j * N);
+      a[j] = V(S(0));
+    }
+    for (int64_t r = s; r < e; ++r) {
+      const T* p = x + r * C + c0;
+#pragma GCC unroll 4
+      for (int j = 0; j < K; ++j) a[j] = a[j] + (L::load(p + j * N) - piv[j]);
+    }
+    const V inv_len(S(1) / static_cast<S>(e - s));
+#pragma GCC unroll 4
+    for (int j = 0; j < K; ++j) mm[j] = piv[j] + a[j] * inv_len;
+  }
 #pragma GCC unroll 4
   for (int j = 0; j < K; ++j) {
-    mm[j] = piv[j] + a[j] * inv_len;
     d[j] = V(S(0));
     q[j] = V(S(0));
   }
@@ -270,7 +302,7 @@ void rows_stats(const T* x, const Geom& g, const StatsOut& o) {
   std::vector<double> bn(B * C, 0.0), bmean(B * C, 0.0), bm2(B * C, 0.0);
   const int64_t R = row_chunk(C);
   at::parallel_for(0, B, 1, [&](int64_t b0, int64_t b1) {
-    std::vector<S> m(C), dsum(C), qsum(C);
+    std::vector<S> m(C), dsum(C), qsum(C), shift(C);
     for (int64_t b = b0; b < b1; ++b) {
       const int64_t r0 = M * b / B, r1 = M * (b + 1) / B;
       double* wn = &bn[b * C];
@@ -278,14 +310,19 @@ void rows_stats(const T* x, const Geom& g, const StatsOut& o) {
       double* w2 = &bm2[b * C];
       for (int64_t s = r0; s < r1; s += R) {
         const int64_t e = std::min(r1, s + R);
+        const S* sh = s > r0 ? shift.data() : nullptr;
         int64_t c = 0;
-        for (; c + 4 * N <= C; c += 4 * N) rows_chunk_stats<4>(x, C, s, e, c, m.data(), dsum.data(), qsum.data());
-        for (; c + N <= C; c += N) rows_chunk_stats<1>(x, C, s, e, c, m.data(), dsum.data(), qsum.data());
+        for (; c + 4 * N <= C; c += 4 * N) rows_chunk_stats<4>(x, C, s, e, c, sh, m.data(), dsum.data(), qsum.data());
+        for (; c + N <= C; c += N) rows_chunk_stats<1>(x, C, s, e, c, sh, m.data(), dsum.data(), qsum.data());
         for (; c < C; ++c) {  // channels past the last full vector
-          const S piv = static_cast<S>(x[s * C + c]);
-          S acc = 0;
-          for (int64_t r = s; r < e; ++r) acc += static_cast<S>(x[r * C + c]) - piv;
-          m[c] = piv + acc / static_cast<S>(e - s);
+          if (sh) {
+            m[c] = sh[c];
+          } else {
+            const S piv = static_cast<S>(x[s * C + c]);
+            S acc = 0;
+            for (int64_t r = s; r < e; ++r) acc += static_cast<S>(x[r * C + c]) - piv;
+            m[c] = piv + acc / static_cast<S>(e - s);
+          }
           S dd = 0, qq = 0;
           for (int64_t r = s; r < e; ++r) {
             const S t = static_cast<S>(x[r * C + c]) - m[c];
@@ -296,10 +333,38 @@ void rows_stats(const T* x, const Geom& g, const StatsOut& o) {
           qsum[c] = qq;
         }
         const double n = static_cast<double>(e - s);
+        if (sh) {
+          // As in chunk_stats: shifts further than a standard deviation from the chunk's
+          // means are replaced by the corrected means and the chunk walked again.
+          bool redo = false;
+          for (int64_t cc = 0; cc < C; ++cc) {
+            const double d = dsum[cc], q = qsum[cc];
+            if (d * d > n * (q - d * d / n)) redo = true;
+          }
+          if (redo) {
+            for (int64_t cc = 0; cc < C; ++cc) shift[cc] = static_cast<S>(static_cast<double>(m[cc]) + dsum[cc] / n);
+            c = 0;
+            for (; c + 4 * N <= C; c += 4 * N)
+              rows_chunk_stats<4>(x, C, s, e, c, sh, m.data(), dsum.data(), qsum.data());
+            for (; c + N <= C; c += N) rows_chunk_stats<1>(x, C, s, e, c, sh, m.data(), dsum.data(), qsum.data());
+            for (; c < C; ++c) {
+              m[c] = sh[c];
+              S dd = 0, qq = 0;
+              for (int64_t r = s; r < e; ++r) {
+                const S t = static_cast<S>(x[r * C + c]) - m[c];
+                dd += t;
+                qq += t * t;
+              }
+              dsum[c] = dd;
+              qsum[c] = qq;
+            }
+          }
+        }
         for (int64_t cc = 0; cc < C; ++cc) {
           const double d = dsum[cc];
           welford_merge(wn[cc], wm[cc], w2[cc], n, static_cast<double>(m[cc]) + d / n,
                         std::max(0.0, static_cast<double>(qsum[cc]) - d * d / n));
+          shift[cc] = static_cast<S>(wm[cc]);
         }
       }
     }

@@ -180,6 +180,21 @@ def test_large_mean_is_stable(simd, channels_last):
     torch.testing.assert_close(gi.double(), reference.batch_norm_backward(dy, xf, None, True)[0], atol=2e-3, rtol=1e-3)
 
 
+@pytest.mark.parametrize("channels_last", [False, True])
+def test_stats_with_shifting_means(simd, channels_last):
+    # Samples with very different means and little spread inside each: later chunks are
+    # shifted by the mean of earlier ones, so the between-chunk part must merge exactly.
+    torch.manual_seed(13)
+    offsets = torch.tensor([0.0, 300.0, -50.0, 1e3, 7.0, 2e3]).reshape(6, 1, 1, 1)
+    x = _layout((offsets + 1e-2 * torch.randn(6, 3, 50, 45)).float(), channels_last)
+    _, mean, var = ops.batch_norm_train(x, None, None, None, False, 1e-5)
+    x64 = x.double()
+    torch.testing.assert_close(mean.double(), x64.mean((0, 2, 3)), rtol=1e-6, atol=1e-4)
+    torch.testing.assert_close(var.double(), x64.var((0, 2, 3), unbiased=False), rtol=1e-5, atol=0)
+    m2, v2 = ops.batch_norm_stats(x)
+    torch.testing.assert_close(v2.double(), x64.var((0, 2, 3), unbiased=False), rtol=1e-5, atol=0)
+
+
 def _f64(*shape):
     return torch.randn(*shape, dtype=torch.float64, requires_grad=True)
 
