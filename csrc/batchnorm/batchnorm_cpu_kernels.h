@@ -44,25 +44,30 @@ void dispatch(c10::ScalarType dt, const Body& body) {
 }
 
 constexpr int64_t kPlaneChunk = 2048;   // elements of one plane per statistics chunk
-constexpr int64_t kRowChunkElems = 4096;  // elements (rows x C) per statistics chunk
+constexpr int64_t kRowChunkElems = 16384;  // elements (rows x C) per statistics chunk
 
-inline int64_t row_chunk(int64_t C) { return std::max<int64_t>(4, kRowChunkElems / std::max<int64_t>(C, 1)); }
+// At least 64 rows, as each chunk costs C merges (divisions); at most 1024, as a
+// channel's sums are float lanes within a chunk.
+inline int64_t row_chunk(int64_t C) {
+  return std::min<int64_t>(1024, std::max<int64_t>(64, kRowChunkElems / std::max<int64_t>(C, 1)));
+}
 
 // ---------------------------------------------------------------- planes
 
-// (count, mean, M2) of len contiguous elements from the sums of (x - m) and (x - m)^2
-// around a shift m near their mean (the corrected two-pass formula, exact for any m
-// but precise only when m is close). The first chunk of a channel finds m with a
-// pivot-shifted pass over the chunk (from L1 the second time); later chunks shift by
-// the channel's mean so far, in one pass.
+// (count, mean, M2) of a chunk: `planes` runs of len contiguous elements, plane_stride
+// apart (several small planes of one channel, or a piece of one large plane). Taken
+// from the sums of (x - m) and (x - m)^2 around a shift m near their mean (the
+// corrected two-pass formula, exact for any m but precise only when m is close). The
+// first chunk of a channel finds m with a pivot-shifted walk over the chunk (served by
+// L1/L2 the second time); later chunks shift by the channel's mean so far, in one walk.
 template <class T>
-Welford chunk_stats(const T* p, int64_t len, const MathOf<T>* shift) {
+Welford chunk_stats(const T* p, int64_t plane_stride, int64_t planes, int64_t len, const MathOf<T>* shift) {
   using L = Lanes<T>;
   using V = typename L::V;
   using S = MathOf<T>;
   constexpr int N = L::N;
   Welford w;
-  if (len <= 0) return w;
+  if (len <= 0 || planes <= 0) return w;
   S m;
   if (shift) {
     m = *shift;
@@ -70,41 +75,50 @@ Welford chunk_stats(const T* p, int64_t len, const MathOf<T>* shift) {
     const S pivot = static_cast<S>(p[0]);
     const V vp(pivot);
     V a0(S(0)), a1(S(0));
-    int64_t i = 0;
-    for (; i + 2 * N <= len; i += 2 * N) {
-      a0 = a0 + (L::load(p + i) - vp);
-      a1 = a1 + (L::load(p + i + N) - vp);
+    S sum = 0;
+    for (int64_t k = 0; k < planes; ++k) {
+      const T* q = p + k * plane_stride;
+      int64_t i = 0;
+      for (; i + 2 * N <= len; i += 2 * N) {
+        a0 = a0 + (L::load(q + i) - vp);
+        a1 = a1 + (L::load(q + i + N) - vp);
+      }
+      for (; i + N <= len; i += N) a0 = a0 + (L::load(q + i) - vp);
+      for (; i < len; ++i) sum += static_cast<S>(q[i]) - pivot;
     }
-    for (; i + N <= len; i += N) a0 = a0 + (L::load(p + i) - vp);
-    S sum = bn_hsum(a0 + a1);
-    for (; i < len; ++i) sum += static_cast<S>(p[i]) - pivot;
-    m = pivot + sum / static_cast<S>(len);
+    sum += bn_hsum(a0 + a1);
+    m = pivot + sum / static_cast<S>(len * planes);
   }
+  const double n = static_cast<double>(len * planes);
   // A shift further than one standard deviation from the chunk's mean (samples whose
   // means differ a lot) costs precision: walk the chunk again around the corrected mean.
   for (int attempt = 0;; ++attempt) {
     const V vm(m);
     V d0(S(0)), d1(S(0)), q0(S(0)), q1(S(0));
-    int64_t i = 0;
-    for (; i + 2 * N <= len; i += 2 * N) {
-      const V e0 = L::load(p + i) - vm, e1 = L::load(p + i + N) - vm;
-      d0 = d0 + e0;
-      d1 = d1 + e1;
-      q0 = q0 + e0 * e0;
-      q1 = q1 + e1 * e1;
+    double d = 0.0, q = 0.0;
+    for (int64_t k = 0; k < planes; ++k) {
+      const T* r = p + k * plane_stride;
+      int64_t i = 0;
+      for (; i + 2 * N <= len; i += 2 * N) {
+        const V e0 = L::load(r + i) - vm, e1 = L::load(r + i + N) - vm;
+        d0 = d0 + e0;
+        d1 = d1 + e1;
+        q0 = q0 + e0 * e0;
+        q1 = q1 + e1 * e1;
+      }
+      for (; i + N <= len; i += N) {
+        const V e0 = L::load(r + i) - vm;
+        d0 = d0 + e0;
+        q0 = q0 + e0 * e0;
+      }
+      for (; i < len; ++i) {
+        const double e = static_cast<S>(r[i]) - m;
+        d += e;
+        q += e * e;
+      }
     }
-    for (; i + N <= len; i += N) {
-      const V e0 = L::load(p + i) - vm;
-      d0 = d0 + e0;
-      q0 = q0 + e0 * e0;
-    }
-    double d = bn_hsum(d0 + d1), q = bn_hsum(q0 + q1);
-    for (; i < len; ++i) {
-      const double e = static_cast<S>(p[i]) - m;
-      d += e;
-      q += e * e;
-    }
-    const double n = static_cast<double>(len);
+    d += bn_hsum(d0 + d1);
+    q += bn_hsum(q0 + q1);
     if (attempt == 0 && shift && d * d > n * (q - d * d / n)) {
       m = static_cast<S>(static_cast<double>(m) + d / n);
       continue;
@@ -121,12 +135,19 @@ Welford plane_channel_stats(const T* x, const Geom& g, int64_t c) {
   using S = MathOf<T>;
   Welford acc;
   S shift = 0;
-  for (int64_t n = 0; n < g.N; ++n) {
-    const T* p = x + (n * g.C + c) * g.inner;
-    for (int64_t s = 0; s < g.inner; s += kPlaneChunk) {
-      welford_merge(acc, chunk_stats(p + s, std::min(kPlaneChunk, g.inner - s), acc.n > 0 ? &shift : nullptr));
-      shift = static_cast<S>(acc.mean);
-    }
+  auto take = [&](const T* p, int64_t planes, int64_t len) {
+    welford_merge(acc, chunk_stats(p, g.C * g.inner, planes, len, acc.n > 0 ? &shift : nullptr));
+    shift = static_cast<S>(acc.mean);
+  };
+  const T* base = x + c * g.inner;
+  if (g.inner >= kPlaneChunk) {
+    for (int64_t n = 0; n < g.N; ++n)
+      for (int64_t s = 0; s < g.inner; s += kPlaneChunk)
+        take(base + n * g.C * g.inner + s, 1, std::min(kPlaneChunk, g.inner - s));
+  } else {
+    // Small planes: several per chunk, so that per-chunk costs (merge, sums) stay small.
+    const int64_t per = std::max<int64_t>(1, kPlaneChunk / std::max<int64_t>(g.inner, 1));
+    for (int64_t n = 0; n < g.N; n += per) take(base + n * g.C * g.inner, std::min(per, g.N - n), g.inner);
   }
   return acc;
 }
@@ -155,7 +176,8 @@ void plane_channel_apply(const T* x, T* y, const T* res, bool relu, const Geom& 
   }
 }
 
-// Sums of dy' and dy' * (x - mean) over one channel.
+// Sums of dy' and dy' * (x - mean) over one channel: float lanes, flushed into double
+// every kPlaneChunk elements (several small planes share one flush).
 template <class T, class S>
 void plane_channel_reduce(const T* dy, const T* x, const T* out, const Geom& g, int64_t c, S mean, double& sdy,
                           double& sdx) {
@@ -163,8 +185,9 @@ void plane_channel_reduce(const T* dy, const T* x, const T* out, const Geom& g, 
   using V = typename L::V;
   constexpr int N = L::N;
   const V vm(mean);
-  sdy = 0.0;
-  sdx = 0.0;
+  double ta = 0.0, tb = 0.0;
+  V a(S(0)), b(S(0));
+  int64_t pending = 0;
   for (int64_t n = 0; n < g.N; ++n) {
     const int64_t off = (n * g.C + c) * g.inner;
     const T* pd = dy + off;
@@ -172,7 +195,6 @@ void plane_channel_reduce(const T* dy, const T* x, const T* out, const Geom& g, 
     const T* po = out ? out + off : nullptr;
     for (int64_t s = 0; s < g.inner; s += kPlaneChunk) {
       const int64_t e = std::min(g.inner, s + kPlaneChunk);
-      V a(S(0)), b(S(0));
       int64_t i = s;
       if (po) {
         for (; i + N <= e; i += N) {
@@ -187,17 +209,24 @@ void plane_channel_reduce(const T* dy, const T* x, const T* out, const Geom& g, 
           b = b + d * (L::load(px + i) - vm);
         }
       }
-      double ta = bn_hsum(a), tb = bn_hsum(b);
       for (; i < e; ++i) {
         S d = static_cast<S>(pd[i]);
         if (po) d = bn_keep_if_pos(static_cast<S>(po[i]), d);
         ta += d;
         tb += static_cast<double>(d * (static_cast<S>(px[i]) - mean));
       }
-      sdy += ta;
-      sdx += tb;
+      pending += e - s;
+      if (pending >= kPlaneChunk) {
+        ta += bn_hsum(a);
+        tb += bn_hsum(b);
+        a = V(S(0));
+        b = V(S(0));
+        pending = 0;
+      }
     }
   }
+  sdy = ta + bn_hsum(a);
+  sdx = tb + bn_hsum(b);
 }
 
 template <class T, class S>

@@ -181,12 +181,14 @@ def test_large_mean_is_stable(simd, channels_last):
 
 
 @pytest.mark.parametrize("channels_last", [False, True])
-def test_stats_with_shifting_means(simd, channels_last):
+@pytest.mark.parametrize("shape", [(6, 3, 50, 45), (300, 3, 3, 4)], ids=["large-planes", "small-planes"])
+def test_stats_with_shifting_means(simd, channels_last, shape):
     # Samples with very different means and little spread inside each: later chunks are
     # shifted by the mean of earlier ones, so the between-chunk part must merge exactly.
+    # Small planes: several samples share a chunk.
     torch.manual_seed(13)
-    offsets = torch.tensor([0.0, 300.0, -50.0, 1e3, 7.0, 2e3]).reshape(6, 1, 1, 1)
-    x = _layout((offsets + 1e-2 * torch.randn(6, 3, 50, 45)).float(), channels_last)
+    offsets = torch.tensor([0.0, 300.0, -50.0, 1e3, 7.0, 2e3]).repeat(shape[0] // 6).reshape(-1, 1, 1, 1)
+    x = _layout((offsets + 1e-2 * torch.randn(shape)).float(), channels_last)
     _, mean, var = ops.batch_norm_train(x, None, None, None, False, 1e-5)
     x64 = x.double()
     torch.testing.assert_close(mean.double(), x64.mean((0, 2, 3)), rtol=1e-6, atol=1e-4)
