@@ -54,6 +54,31 @@ inline int64_t row_chunk(int64_t C) {
 
 // ---------------------------------------------------------------- planes
 
+// The last, partial vector of a run: loaded through a zero-padded buffer and stored
+// back element by element, so that the full-width formula serves the tail too (a
+// scalar tail per small plane, converting bf16 one element at a time, cost more than
+// the vector body on 14x14 planes).
+template <class T>
+inline typename Lanes<T>::V load_part(const T* p, int64_t n) {
+  T buf[Lanes<T>::N];
+  for (int k = 0; k < Lanes<T>::N; ++k) buf[k] = k < n ? p[k] : T(0);
+  return Lanes<T>::load(buf);
+}
+template <class T>
+inline void store_part(T* p, int64_t n, typename Lanes<T>::V v) {
+  T buf[Lanes<T>::N];
+  Lanes<T>::store(buf, v);
+  for (int64_t k = 0; k < n; ++k) p[k] = buf[k];
+}
+// v in lanes [0, n), zero in the others.
+template <class T>
+inline typename Lanes<T>::V first_lanes(typename Lanes<T>::V v, int64_t n) {
+  using S = MathOf<T>;
+  S rem[Lanes<T>::N];
+  for (int k = 0; k < Lanes<T>::N; ++k) rem[k] = static_cast<S>(n - k);
+  return bn_keep_if_pos(Lanes<S>::load(rem), v);
+}
+
 // (count, mean, M2) of a chunk: `planes` runs of len contiguous elements, plane_stride
 // apart (several small planes of one channel, or a piece of one large plane). Taken
 // from the sums of (x - m) and (x - m)^2 around a shift m near their mean (the
@@ -84,7 +109,7 @@ Welford chunk_stats(const T* p, int64_t plane_stride, int64_t planes, int64_t le
         a1 = a1 + (L::load(q + i + N) - vp);
       }
       for (; i + N <= len; i += N) a0 = a0 + (L::load(q + i) - vp);
-      for (; i < len; ++i) sum += static_cast<S>(q[i]) - pivot;
+      if (i < len) a1 = a1 + first_lanes<T>(load_part(q + i, len - i) - vp, len - i);
     }
     sum += bn_hsum(a0 + a1);
     m = pivot + sum / static_cast<S>(len * planes);
@@ -111,10 +136,10 @@ Welford chunk_stats(const T* p, int64_t plane_stride, int64_t planes, int64_t le
         d0 = d0 + e0;
         q0 = q0 + e0 * e0;
       }
-      for (; i < len; ++i) {
-        const double e = static_cast<S>(r[i]) - m;
-        d += e;
-        q += e * e;
+      if (i < len) {
+        const V e1 = first_lanes<T>(load_part(r + i, len - i) - vm, len - i);
+        d1 = d1 + e1;
+        q1 = q1 + e1 * e1;
       }
     }
     d += bn_hsum(d0 + d1);
@@ -169,9 +194,10 @@ void plane_channel_apply(const T* x, T* y, const T* res, bool relu, const Geom& 
       const V v = bn_forward(L::load(px + i), vm, vs, vb);
       L::store(py + i, bn_finish(v, has_res ? L::load(pr + i) : zero, has_res, relu));
     }
-    for (; i < g.inner; ++i) {
-      const S v = bn_forward(static_cast<S>(px[i]), mean, scale, bias);
-      py[i] = static_cast<T>(bn_finish(v, has_res ? static_cast<S>(pr[i]) : S(0), has_res, relu));
+    if (i < g.inner) {
+      const int64_t rem = g.inner - i;
+      const V v = bn_forward(load_part(px + i, rem), vm, vs, vb);
+      store_part(py + i, rem, bn_finish(v, has_res ? load_part(pr + i, rem) : zero, has_res, relu));
     }
   }
 }
@@ -209,11 +235,11 @@ void plane_channel_reduce(const T* dy, const T* x, const T* out, const Geom& g, 
           b = b + d * (L::load(px + i) - vm);
         }
       }
-      for (; i < e; ++i) {
-        S d = static_cast<S>(pd[i]);
-        if (po) d = bn_keep_if_pos(static_cast<S>(po[i]), d);
-        ta += d;
-        tb += static_cast<double>(d * (static_cast<S>(px[i]) - mean));
+      if (i < e) {  // zero padding: dy' = 0 adds nothing
+        V d = load_part(pd + i, e - i);
+        if (po) d = bn_keep_if_pos(load_part(po + i, e - i), d);
+        a = a + d;
+        b = b + d * (load_part(px + i, e - i) - vm);
       }
       pending += e - s;
       if (pending >= kPlaneChunk) {
@@ -250,11 +276,12 @@ void plane_channel_elemt(const T* dy, const T* x, const T* out, T* dx, T* dres, 
       if (pdr) L::store(pdr + i, d);
       if (pdx) L::store(pdx + i, bn_grad_input(d, L::load(px + i), vm, vmd, vk, va));
     }
-    for (; i < g.inner; ++i) {
-      S d = static_cast<S>(pd[i]);
-      if (po) d = bn_keep_if_pos(static_cast<S>(po[i]), d);
-      if (pdr) pdr[i] = static_cast<T>(d);
-      if (pdx) pdx[i] = static_cast<T>(bn_grad_input(d, static_cast<S>(px[i]), k.mean, k.mean_dy, k.k, k.a));
+    if (i < g.inner) {
+      const int64_t rem = g.inner - i;
+      V d = load_part(pd + i, rem);
+      if (po) d = bn_keep_if_pos(load_part(po + i, rem), d);
+      if (pdr) store_part(pdr + i, rem, d);
+      if (pdx) store_part(pdx + i, rem, bn_grad_input(d, load_part(px + i, rem), vm, vmd, vk, va));
     }
   }
 }
