@@ -78,6 +78,17 @@ inline typename Lanes<T>::V first_lanes(typename Lanes<T>::V v, int64_t n) {
   for (int k = 0; k < Lanes<T>::N; ++k) rem[k] = static_cast<S>(n - k);
   return bn_keep_if_pos(Lanes<S>::load(rem), v);
 }
+// Runs of at least one vector end with the vector that ends at the run's end,
+// overlapping the body: element passes simply rewrite the overlap (outputs never alias
+// inputs), reductions mask it with this: positive in the last n lanes.
+template <class T>
+inline typename Lanes<T>::V last_lanes_mask(int64_t n) {
+  using S = MathOf<T>;
+  constexpr int N = Lanes<T>::N;
+  S m[N];
+  for (int k = 0; k < N; ++k) m[k] = static_cast<S>(k - (N - n) + 1);
+  return Lanes<S>::load(m);
+}
 
 // (count, mean, M2) of a chunk: `planes` runs of len contiguous elements, plane_stride
 // apart (several small planes of one channel, or a piece of one large plane). Taken
@@ -93,6 +104,7 @@ Welford chunk_stats(const T* p, int64_t plane_stride, int64_t planes, int64_t le
   constexpr int N = L::N;
   Welford w;
   if (len <= 0 || planes <= 0) return w;
+  const V tail = last_lanes_mask<T>(len % N);
   S m;
   if (shift) {
     m = *shift;
@@ -109,7 +121,9 @@ Welford chunk_stats(const T* p, int64_t plane_stride, int64_t planes, int64_t le
         a1 = a1 + (L::load(q + i + N) - vp);
       }
       for (; i + N <= len; i += N) a0 = a0 + (L::load(q + i) - vp);
-      if (i < len) a1 = a1 + first_lanes<T>(load_part(q + i, len - i) - vp, len - i);
+      if (i < len)
+        a1 = a1 + (len >= N ? bn_keep_if_pos(tail, L::load(q + len - N) - vp)
+                            : first_lanes<T>(load_part(q + i, len - i) - vp, len - i));
     }
     sum += bn_hsum(a0 + a1);
     m = pivot + sum / static_cast<S>(len * planes);
@@ -137,7 +151,8 @@ Welford chunk_stats(const T* p, int64_t plane_stride, int64_t planes, int64_t le
         q0 = q0 + e0 * e0;
       }
       if (i < len) {
-        const V e1 = first_lanes<T>(load_part(r + i, len - i) - vm, len - i);
+        const V e1 = len >= N ? bn_keep_if_pos(tail, L::load(r + len - N) - vm)
+                              : first_lanes<T>(load_part(r + i, len - i) - vm, len - i);
         d1 = d1 + e1;
         q1 = q1 + e1 * e1;
       }
@@ -194,7 +209,11 @@ void plane_channel_apply(const T* x, T* y, const T* res, bool relu, const Geom& 
       const V v = bn_forward(L::load(px + i), vm, vs, vb);
       L::store(py + i, bn_finish(v, has_res ? L::load(pr + i) : zero, has_res, relu));
     }
-    if (i < g.inner) {
+    if (i < g.inner && g.inner >= N) {
+      const int64_t j = g.inner - N;
+      const V v = bn_forward(L::load(px + j), vm, vs, vb);
+      L::store(py + j, bn_finish(v, has_res ? L::load(pr + j) : zero, has_res, relu));
+    } else if (i < g.inner) {
       const int64_t rem = g.inner - i;
       const V v = bn_forward(load_part(px + i, rem), vm, vs, vb);
       store_part(py + i, rem, bn_finish(v, has_res ? load_part(pr + i, rem) : zero, has_res, relu));
@@ -211,6 +230,8 @@ void plane_channel_reduce(const T* dy, const T* x, const T* out, const Geom& g, 
   using V = typename L::V;
   constexpr int N = L::N;
   const V vm(mean);
+  // Runs are whole planes or kPlaneChunk pieces (a multiple of N) and a last piece.
+  const V tail = last_lanes_mask<T>((g.inner % kPlaneChunk) % N);
   double ta = 0.0, tb = 0.0;
   V a(S(0)), b(S(0));
   int64_t pending = 0;
@@ -235,7 +256,13 @@ void plane_channel_reduce(const T* dy, const T* x, const T* out, const Geom& g, 
           b = b + d * (L::load(px + i) - vm);
         }
       }
-      if (i < e) {  // zero padding: dy' = 0 adds nothing
+      if (i < e && e - s >= N) {  // the overlapping last vector, its first lanes masked
+        const int64_t j = e - N;
+        V d = bn_keep_if_pos(tail, L::load(pd + j));
+        if (po) d = bn_keep_if_pos(L::load(po + j), d);
+        a = a + d;
+        b = b + d * (L::load(px + j) - vm);
+      } else if (i < e) {  // zero padding: dy' = 0 adds nothing
         V d = load_part(pd + i, e - i);
         if (po) d = bn_keep_if_pos(load_part(po + i, e - i), d);
         a = a + d;
@@ -276,7 +303,13 @@ void plane_channel_elemt(const T* dy, const T* x, const T* out, T* dx, T* dres, 
       if (pdr) L::store(pdr + i, d);
       if (pdx) L::store(pdx + i, bn_grad_input(d, L::load(px + i), vm, vmd, vk, va));
     }
-    if (i < g.inner) {
+    if (i < g.inner && g.inner >= N) {
+      const int64_t j = g.inner - N;
+      V d = L::load(pd + j);
+      if (po) d = bn_keep_if_pos(L::load(po + j), d);
+      if (pdr) L::store(pdr + j, d);
+      if (pdx) L::store(pdx + j, bn_grad_input(d, L::load(px + j), vm, vmd, vk, va));
+    } else if (i < g.inner) {
       const int64_t rem = g.inner - i;
       V d = load_part(pd + i, rem);
       if (po) d = bn_keep_if_pos(load_part(po + i, rem), d);

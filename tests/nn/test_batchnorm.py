@@ -147,6 +147,11 @@ def test_parity_many_channels(simd, channels_last, dtype):
     _run_parity(2, (3, 45, 5, 7), channels_last, dtype, CONFIGS[0])
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_parity_planes_shorter_than_a_vector(simd, dtype):
+    _run_parity(1, (9, 4, 3), False, dtype, CONFIGS[0])
+
+
 def test_half_module_weights_in_input_dtype():
     # model.to(bfloat16): weights and buffers in bf16 too.
     torch.manual_seed(0)
