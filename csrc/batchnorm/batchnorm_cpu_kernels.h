@@ -44,66 +44,150 @@ void dispatch(c10::ScalarType dt, const Body& body) {
 }
 
 constexpr int64_t kPlaneChunk = 2048;   // elements of one plane per statistics chunk
-constexpr int64_t kRowChunkElems = 4096;  // elements (rows x C) per statistics chunk
+constexpr int64_t kRowChunkElems = 16384;  // elements (rows x C) per statistics chunk
 
-inline int64_t row_chunk(int64_t C) { return std::max<int64_t>(4, kRowChunkElems / std::max<int64_t>(C, 1)); }
+// At least 64 rows, as each chunk costs C merges (divisions); at most 1024, as a
+// channel's sums are float lanes within a chunk.
+inline int64_t row_chunk(int64_t C) {
+  return std::min<int64_t>(1024, std::max<int64_t>(64, kRowChunkElems / std::max<int64_t>(C, 1)));
+}
 
 // ---------------------------------------------------------------- planes
 
-// (count, mean, M2) of len contiguous elements.
+// The last, partial vector of a run: loaded through a zero-padded buffer and stored
+// back element by element, so that the full-width formula serves the tail too (a
+// scalar tail per small plane, converting bf16 one element at a time, cost more than
+// the vector body on 14x14 planes).
 template <class T>
-Welford chunk_stats(const T* p, int64_t len) {
+inline typename Lanes<T>::V load_part(const T* p, int64_t n) {
+  T buf[Lanes<T>::N];
+  for (int k = 0; k < Lanes<T>::N; ++k) buf[k] = k < n ? p[k] : T(0);
+  return Lanes<T>::load(buf);
+}
+template <class T>
+inline void store_part(T* p, int64_t n, typename Lanes<T>::V v) {
+  T buf[Lanes<T>::N];
+  Lanes<T>::store(buf, v);
+  for (int64_t k = 0; k < n; ++k) p[k] = buf[k];
+}
+// v in lanes [0, n), zero in the others.
+template <class T>
+inline typename Lanes<T>::V first_lanes(typename Lanes<T>::V v, int64_t n) {
+  using S = MathOf<T>;
+  S rem[Lanes<T>::N];
+  for (int k = 0; k < Lanes<T>::N; ++k) rem[k] = static_cast<S>(n - k);
+  return bn_keep_if_pos(Lanes<S>::load(rem), v);
+}
+// Runs of at least one vector end with the vector that ends at the run's end,
+// overlapping the body: element passes simply rewrite the overlap (outputs never alias
+// inputs), reductions mask it with this: positive in the last n lanes.
+template <class T>
+inline typename Lanes<T>::V last_lanes_mask(int64_t n) {
+  using S = MathOf<T>;
+  constexpr int N = Lanes<T>::N;
+  S m[N];
+  for (int k = 0; k < N; ++k) m[k] = static_cast<S>(k - (N - n) + 1);
+  return Lanes<S>::load(m);
+}
+
+// (count, mean, M2) of a chunk: `planes` runs of len contiguous elements, plane_stride
+// apart (several small planes of one channel, or a piece of one large plane). Taken
+// from the sums of (x - m) and (x - m)^2 around a shift m near their mean (the
+// corrected two-pass formula, exact for any m but precise only when m is close). The
+// first chunk of a channel finds m with a pivot-shifted walk over the chunk (served by
+// L1/L2 the second time); later chunks shift by the channel's mean so far, in one walk.
+template <class T>
+Welford chunk_stats(const T* p, int64_t plane_stride, int64_t planes, int64_t len, const MathOf<T>* shift) {
   using L = Lanes<T>;
   using V = typename L::V;
   using S = MathOf<T>;
   constexpr int N = L::N;
   Welford w;
-  if (len <= 0) return w;
-  const S pivot = static_cast<S>(p[0]);
-  const V vp(pivot);
-  V a0(S(0)), a1(S(0));
-  int64_t i = 0;
-  for (; i + 2 * N <= len; i += 2 * N) {
-    a0 = a0 + (L::load(p + i) - vp);
-    a1 = a1 + (L::load(p + i + N) - vp);
+  if (len <= 0 || planes <= 0) return w;
+  const V tail = last_lanes_mask<T>(len % N);
+  S m;
+  if (shift) {
+    m = *shift;
+  } else {
+    const S pivot = static_cast<S>(p[0]);
+    const V vp(pivot);
+    V a0(S(0)), a1(S(0));
+    S sum = 0;
+    for (int64_t k = 0; k < planes; ++k) {
+      const T* q = p + k * plane_stride;
+      int64_t i = 0;
+      for (; i + 2 * N <= len; i += 2 * N) {
+        a0 = a0 + (L::load(q + i) - vp);
+        a1 = a1 + (L::load(q + i + N) - vp);
+      }
+      for (; i + N <= len; i += N) a0 = a0 + (L::load(q + i) - vp);
+      if (i < len)
+        a1 = a1 + (len >= N ? bn_keep_if_pos(tail, L::load(q + len - N) - vp)
+                            : first_lanes<T>(load_part(q + i, len - i) - vp, len - i));
+    }
+    sum += bn_hsum(a0 + a1);
+    m = pivot + sum / static_cast<S>(len * planes);
   }
-  for (; i + N <= len; i += N) a0 = a0 + (L::load(p + i) - vp);
-  S sum = bn_hsum(a0 + a1);
-  for (; i < len; ++i) sum += static_cast<S>(p[i]) - pivot;
-  const S m = pivot + sum / static_cast<S>(len);
-  const V vm(m);
-  V d0(S(0)), d1(S(0)), q0(S(0)), q1(S(0));
-  i = 0;
-  for (; i + 2 * N <= len; i += 2 * N) {
-    const V e0 = L::load(p + i) - vm, e1 = L::load(p + i + N) - vm;
-    d0 = d0 + e0;
-    d1 = d1 + e1;
-    q0 = q0 + e0 * e0;
-    q1 = q1 + e1 * e1;
+  const double n = static_cast<double>(len * planes);
+  // A shift further than one standard deviation from the chunk's mean (samples whose
+  // means differ a lot) costs precision: walk the chunk again around the corrected mean.
+  for (int attempt = 0;; ++attempt) {
+    const V vm(m);
+    V d0(S(0)), d1(S(0)), q0(S(0)), q1(S(0));
+    double d = 0.0, q = 0.0;
+    for (int64_t k = 0; k < planes; ++k) {
+      const T* r = p + k * plane_stride;
+      int64_t i = 0;
+      for (; i + 2 * N <= len; i += 2 * N) {
+        const V e0 = L::load(r + i) - vm, e1 = L::load(r + i + N) - vm;
+        d0 = d0 + e0;
+        d1 = d1 + e1;
+        q0 = q0 + e0 * e0;
+        q1 = q1 + e1 * e1;
+      }
+      for (; i + N <= len; i += N) {
+        const V e0 = L::load(r + i) - vm;
+        d0 = d0 + e0;
+        q0 = q0 + e0 * e0;
+      }
+      if (i < len) {
+        const V e1 = len >= N ? bn_keep_if_pos(tail, L::load(r + len - N) - vm)
+                              : first_lanes<T>(load_part(r + i, len - i) - vm, len - i);
+        d1 = d1 + e1;
+        q1 = q1 + e1 * e1;
+      }
+    }
+    d += bn_hsum(d0 + d1);
+    q += bn_hsum(q0 + q1);
+    if (attempt == 0 && shift && d * d > n * (q - d * d / n)) {
+      m = static_cast<S>(static_cast<double>(m) + d / n);
+      continue;
+    }
+    w.n = n;
+    w.mean = static_cast<double>(m) + d / n;
+    w.m2 = std::max(0.0, q - d * d / n);
+    return w;
   }
-  for (; i + N <= len; i += N) {
-    const V e0 = L::load(p + i) - vm;
-    d0 = d0 + e0;
-    q0 = q0 + e0 * e0;
-  }
-  double d = bn_hsum(d0 + d1), q = bn_hsum(q0 + q1);
-  for (; i < len; ++i) {
-    const double e = static_cast<S>(p[i]) - m;
-    d += e;
-    q += e * e;
-  }
-  w.n = static_cast<double>(len);
-  w.mean = static_cast<double>(m) + d / w.n;
-  w.m2 = std::max(0.0, q - d * d / w.n);
-  return w;
 }
 
 template <class T>
 Welford plane_channel_stats(const T* x, const Geom& g, int64_t c) {
+  using S = MathOf<T>;
   Welford acc;
-  for (int64_t n = 0; n < g.N; ++n) {
-    const T* p = x + (n * g.C + c) * g.inner;
-    for (int64_t s = 0; s < g.inner; s += kPlaneChunk) welford_merge(acc, chunk_stats(p + s, std::min(kPlaneChunk, g.inner - s)));
+  S shift = 0;
+  auto take = [&](const T* p, int64_t planes, int64_t len) {
+    welford_merge(acc, chunk_stats(p, g.C * g.inner, planes, len, acc.n > 0 ? &shift : nullptr));
+    shift = static_cast<S>(acc.mean);
+  };
+  const T* base = x + c * g.inner;
+  if (g.inner >= kPlaneChunk) {
+    for (int64_t n = 0; n < g.N; ++n)
+      for (int64_t s = 0; s < g.inner; s += kPlaneChunk)
+        take(base + n * g.C * g.inner + s, 1, std::min(kPlaneChunk, g.inner - s));
+  } else {
+    // Small planes: several per chunk, so that per-chunk costs (merge, sums) stay small.
+    const int64_t per = std::max<int64_t>(1, kPlaneChunk / std::max<int64_t>(g.inner, 1));
+    for (int64_t n = 0; n < g.N; n += per) take(base + n * g.C * g.inner, std::min(per, g.N - n), g.inner);
   }
   return acc;
 }
@@ -125,14 +209,20 @@ void plane_channel_apply(const T* x, T* y, const T* res, bool relu, const Geom& 
       const V v = bn_forward(L::load(px + i), vm, vs, vb);
       L::store(py + i, bn_finish(v, has_res ? L::load(pr + i) : zero, has_res, relu));
     }
-    for (; i < g.inner; ++i) {
-      const S v = bn_forward(static_cast<S>(px[i]), mean, scale, bias);
-      py[i] = static_cast<T>(bn_finish(v, has_res ? static_cast<S>(pr[i]) : S(0), has_res, relu));
+    if (i < g.inner && g.inner >= N) {
+      const int64_t j = g.inner - N;
+      const V v = bn_forward(L::load(px + j), vm, vs, vb);
+      L::store(py + j, bn_finish(v, has_res ? L::load(pr + j) : zero, has_res, relu));
+    } else if (i < g.inner) {
+      const int64_t rem = g.inner - i;
+      const V v = bn_forward(load_part(px + i, rem), vm, vs, vb);
+      store_part(py + i, rem, bn_finish(v, has_res ? load_part(pr + i, rem) : zero, has_res, relu));
     }
   }
 }
 
-// Sums of dy' and dy' * (x - mean) over one channel.
+// Sums of dy' and dy' * (x - mean) over one channel: float lanes, flushed into double
+// every kPlaneChunk elements (several small planes share one flush).
 template <class T, class S>
 void plane_channel_reduce(const T* dy, const T* x, const T* out, const Geom& g, int64_t c, S mean, double& sdy,
                           double& sdx) {
@@ -140,8 +230,11 @@ void plane_channel_reduce(const T* dy, const T* x, const T* out, const Geom& g, 
   using V = typename L::V;
   constexpr int N = L::N;
   const V vm(mean);
-  sdy = 0.0;
-  sdx = 0.0;
+  // Runs are whole planes or kPlaneChunk pieces (a multiple of N) and a last piece.
+  const V tail = last_lanes_mask<T>((g.inner % kPlaneChunk) % N);
+  double ta = 0.0, tb = 0.0;
+  V a(S(0)), b(S(0));
+  int64_t pending = 0;
   for (int64_t n = 0; n < g.N; ++n) {
     const int64_t off = (n * g.C + c) * g.inner;
     const T* pd = dy + off;
@@ -149,7 +242,6 @@ void plane_channel_reduce(const T* dy, const T* x, const T* out, const Geom& g, 
     const T* po = out ? out + off : nullptr;
     for (int64_t s = 0; s < g.inner; s += kPlaneChunk) {
       const int64_t e = std::min(g.inner, s + kPlaneChunk);
-      V a(S(0)), b(S(0));
       int64_t i = s;
       if (po) {
         for (; i + N <= e; i += N) {
@@ -164,17 +256,30 @@ void plane_channel_reduce(const T* dy, const T* x, const T* out, const Geom& g, 
           b = b + d * (L::load(px + i) - vm);
         }
       }
-      double ta = bn_hsum(a), tb = bn_hsum(b);
-      for (; i < e; ++i) {
-        S d = static_cast<S>(pd[i]);
-        if (po) d = bn_keep_if_pos(static_cast<S>(po[i]), d);
-        ta += d;
-        tb += static_cast<double>(d * (static_cast<S>(px[i]) - mean));
+      if (i < e && e - s >= N) {  // the overlapping last vector, its first lanes masked
+        const int64_t j = e - N;
+        V d = bn_keep_if_pos(tail, L::load(pd + j));
+        if (po) d = bn_keep_if_pos(L::load(po + j), d);
+        a = a + d;
+        b = b + d * (L::load(px + j) - vm);
+      } else if (i < e) {  // zero padding: dy' = 0 adds nothing
+        V d = load_part(pd + i, e - i);
+        if (po) d = bn_keep_if_pos(load_part(po + i, e - i), d);
+        a = a + d;
+        b = b + d * (load_part(px + i, e - i) - vm);
       }
-      sdy += ta;
-      sdx += tb;
+      pending += e - s;
+      if (pending >= kPlaneChunk) {
+        ta += bn_hsum(a);
+        tb += bn_hsum(b);
+        a = V(S(0));
+        b = V(S(0));
+        pending = 0;
+      }
     }
   }
+  sdy = ta + bn_hsum(a);
+  sdx = tb + bn_hsum(b);
 }
 
 template <class T, class S>
@@ -198,11 +303,18 @@ void plane_channel_elemt(const T* dy, const T* x, const T* out, T* dx, T* dres, 
       if (pdr) L::store(pdr + i, d);
       if (pdx) L::store(pdx + i, bn_grad_input(d, L::load(px + i), vm, vmd, vk, va));
     }
-    for (; i < g.inner; ++i) {
-      S d = static_cast<S>(pd[i]);
-      if (po) d = bn_keep_if_pos(static_cast<S>(po[i]), d);
-      if (pdr) pdr[i] = static_cast<T>(d);
-      if (pdx) pdx[i] = static_cast<T>(bn_grad_input(d, static_cast<S>(px[i]), k.mean, k.mean_dy, k.k, k.a));
+    if (i < g.inner && g.inner >= N) {
+      const int64_t j = g.inner - N;
+      V d = L::load(pd + j);
+      if (po) d = bn_keep_if_pos(L::load(po + j), d);
+      if (pdr) L::store(pdr + j, d);
+      if (pdx) L::store(pdx + j, bn_grad_input(d, L::load(px + j), vm, vmd, vk, va));
+    } else if (i < g.inner) {
+      const int64_t rem = g.inner - i;
+      V d = load_part(pd + i, rem);
+      if (po) d = bn_keep_if_pos(load_part(po + i, rem), d);
+      if (pdr) store_part(pdr + i, rem, d);
+      if (pdx) store_part(pdx + i, rem, bn_grad_input(d, load_part(px + i, rem), vm, vmd, vk, va));
     }
   }
 }
@@ -216,10 +328,62 @@ inline int64_t row_blocks(int64_t M) {
   return std::max<int64_t>(1, std::min<int64_t>(at::get_num_threads(), (M + per - 1) / per));
 }
 
+// Statistics of K vectors of channels [c0, c0 + K*N) over rows [s, e) of one chunk, with
+// the accumulators in registers: chunk mean m (pivot-shifted sum), then the sums of
+// (x - m) and (x - m)^2. The chunk (a few KB) is in L1 for the second walk.
+// With shift (the block's per-channel means so far), the shift replaces the first walk,
+// as in chunk_stats.
+template <int K, class T, class S>
+inline void rows_chunk_stats(const T* x, int64_t C, int64_t s, int64_t e, int64_t c0, const S* shift, S* m, S* dsum,
+                             S* qsum) {
+  using L = Lanes<T>;
+  using V = typename L::V;
+  constexpr int N = L::N;
+  V mm[K], d[K], q[K];
+  if (shift) {
+#pragma GCC unroll 4
+    for (int j = 0; j < K; ++j) mm[j] = Lanes<S>::load(shift + c0 + j * N);
+  } else {
+    V piv[K], a[K];
+#pragma GCC unroll 4
+    for (int j = 0; j < K; ++j) {
+      piv[j] = L::load(x + s * C + c0 + j * N);
+      a[j] = V(S(0));
+    }
+    for (int64_t r = s; r < e; ++r) {
+      const T* p = x + r * C + c0;
+#pragma GCC unroll 4
+      for (int j = 0; j < K; ++j) a[j] = a[j] + (L::load(p + j * N) - piv[j]);
+    }
+    const V inv_len(S(1) / static_cast<S>(e - s));
+#pragma GCC unroll 4
+    for (int j = 0; j < K; ++j) mm[j] = piv[j] + a[j] * inv_len;
+  }
+#pragma GCC unroll 4
+  for (int j = 0; j < K; ++j) {
+    d[j] = V(S(0));
+    q[j] = V(S(0));
+  }
+  for (int64_t r = s; r < e; ++r) {
+    const T* p = x + r * C + c0;
+#pragma GCC unroll 4
+    for (int j = 0; j < K; ++j) {
+      const V t = L::load(p + j * N) - mm[j];
+      d[j] = d[j] + t;
+      q[j] = q[j] + t * t;
+    }
+  }
+#pragma GCC unroll 4
+  for (int j = 0; j < K; ++j) {
+    Lanes<S>::store(m + c0 + j * N, mm[j]);
+    Lanes<S>::store(dsum + c0 + j * N, d[j]);
+    Lanes<S>::store(qsum + c0 + j * N, q[j]);
+  }
+}
+
 template <class T>
 void rows_stats(const T* x, const Geom& g, const StatsOut& o) {
   using L = Lanes<T>;
-  using V = typename L::V;
   using S = MathOf<T>;
   constexpr int N = L::N;
   const int64_t C = g.C, M = g.count();
@@ -227,7 +391,7 @@ void rows_stats(const T* x, const Geom& g, const StatsOut& o) {
   std::vector<double> bn(B * C, 0.0), bmean(B * C, 0.0), bm2(B * C, 0.0);
   const int64_t R = row_chunk(C);
   at::parallel_for(0, B, 1, [&](int64_t b0, int64_t b1) {
-    std::vector<S> pivot(C), acc(C), m(C), dsum(C), qsum(C);
+    std::vector<S> m(C), dsum(C), qsum(C), shift(C);
     for (int64_t b = b0; b < b1; ++b) {
       const int64_t r0 = M * b / B, r1 = M * (b + 1) / B;
       double* wn = &bn[b * C];
@@ -235,41 +399,61 @@ void rows_stats(const T* x, const Geom& g, const StatsOut& o) {
       double* w2 = &bm2[b * C];
       for (int64_t s = r0; s < r1; s += R) {
         const int64_t e = std::min(r1, s + R);
-        const S len = static_cast<S>(e - s);
-        const T* first = x + s * C;
-        for (int64_t c = 0; c < C; ++c) {
-          pivot[c] = static_cast<S>(first[c]);
-          acc[c] = S(0);
-          dsum[c] = S(0);
-          qsum[c] = S(0);
-        }
-        for (int64_t r = s; r < e; ++r) {
-          const T* p = x + r * C;
-          int64_t c = 0;
-          for (; c + N <= C; c += N)
-            Lanes<S>::store(&acc[c], Lanes<S>::load(&acc[c]) + (L::load(p + c) - Lanes<S>::load(&pivot[c])));
-          for (; c < C; ++c) acc[c] += static_cast<S>(p[c]) - pivot[c];
-        }
-        for (int64_t c = 0; c < C; ++c) m[c] = pivot[c] + acc[c] / len;
-        for (int64_t r = s; r < e; ++r) {
-          const T* p = x + r * C;
-          int64_t c = 0;
-          for (; c + N <= C; c += N) {
-            const V d = L::load(p + c) - Lanes<S>::load(&m[c]);
-            Lanes<S>::store(&dsum[c], Lanes<S>::load(&dsum[c]) + d);
-            Lanes<S>::store(&qsum[c], Lanes<S>::load(&qsum[c]) + d * d);
+        const S* sh = s > r0 ? shift.data() : nullptr;
+        int64_t c = 0;
+        for (; c + 4 * N <= C; c += 4 * N) rows_chunk_stats<4>(x, C, s, e, c, sh, m.data(), dsum.data(), qsum.data());
+        for (; c + N <= C; c += N) rows_chunk_stats<1>(x, C, s, e, c, sh, m.data(), dsum.data(), qsum.data());
+        for (; c < C; ++c) {  // channels past the last full vector
+          if (sh) {
+            m[c] = sh[c];
+          } else {
+            const S piv = static_cast<S>(x[s * C + c]);
+            S acc = 0;
+            for (int64_t r = s; r < e; ++r) acc += static_cast<S>(x[r * C + c]) - piv;
+            m[c] = piv + acc / static_cast<S>(e - s);
           }
-          for (; c < C; ++c) {
-            const S d = static_cast<S>(p[c]) - m[c];
-            dsum[c] += d;
-            qsum[c] += d * d;
+          S dd = 0, qq = 0;
+          for (int64_t r = s; r < e; ++r) {
+            const S t = static_cast<S>(x[r * C + c]) - m[c];
+            dd += t;
+            qq += t * t;
           }
+          dsum[c] = dd;
+          qsum[c] = qq;
         }
         const double n = static_cast<double>(e - s);
-        for (int64_t c = 0; c < C; ++c) {
-          const double d = dsum[c];
-          welford_merge(wn[c], wm[c], w2[c], n, static_cast<double>(m[c]) + d / n,
-                        std::max(0.0, static_cast<double>(qsum[c]) - d * d / n));
+        if (sh) {
+          // As in chunk_stats: shifts further than a standard deviation from the chunk's
+          // means are replaced by the corrected means and the chunk walked again.
+          bool redo = false;
+          for (int64_t cc = 0; cc < C; ++cc) {
+            const double d = dsum[cc], q = qsum[cc];
+            if (d * d > n * (q - d * d / n)) redo = true;
+          }
+          if (redo) {
+            for (int64_t cc = 0; cc < C; ++cc) shift[cc] = static_cast<S>(static_cast<double>(m[cc]) + dsum[cc] / n);
+            c = 0;
+            for (; c + 4 * N <= C; c += 4 * N)
+              rows_chunk_stats<4>(x, C, s, e, c, sh, m.data(), dsum.data(), qsum.data());
+            for (; c + N <= C; c += N) rows_chunk_stats<1>(x, C, s, e, c, sh, m.data(), dsum.data(), qsum.data());
+            for (; c < C; ++c) {
+              m[c] = sh[c];
+              S dd = 0, qq = 0;
+              for (int64_t r = s; r < e; ++r) {
+                const S t = static_cast<S>(x[r * C + c]) - m[c];
+                dd += t;
+                qq += t * t;
+              }
+              dsum[c] = dd;
+              qsum[c] = qq;
+            }
+          }
+        }
+        for (int64_t cc = 0; cc < C; ++cc) {
+          const double d = dsum[cc];
+          welford_merge(wn[cc], wm[cc], w2[cc], n, static_cast<double>(m[cc]) + d / n,
+                        std::max(0.0, static_cast<double>(qsum[cc]) - d * d / n));
+          shift[cc] = static_cast<S>(wm[cc]);
         }
       }
     }
@@ -312,12 +496,41 @@ void rows_apply(const T* x, T* y, const T* res, bool relu, const Geom& g, const 
   });
 }
 
+// Sums of dy' and dy' * (x - mean) of K vectors of channels over rows [s, e), in registers.
+template <int K, class T, class S>
+inline void rows_chunk_reduce(const T* dy, const T* x, const T* out, int64_t C, int64_t s, int64_t e, int64_t c0,
+                              const S* mean, S* sa, S* sb) {
+  using L = Lanes<T>;
+  using V = typename L::V;
+  constexpr int N = L::N;
+  V mm[K], a[K], b[K];
+#pragma GCC unroll 4
+  for (int j = 0; j < K; ++j) {
+    mm[j] = Lanes<S>::load(mean + c0 + j * N);
+    a[j] = V(S(0));
+    b[j] = V(S(0));
+  }
+  for (int64_t r = s; r < e; ++r) {
+    const int64_t off = r * C + c0;
+#pragma GCC unroll 4
+    for (int j = 0; j < K; ++j) {
+      V d = L::load(dy + off + j * N);
+      if (out) d = bn_keep_if_pos(L::load(out + off + j * N), d);
+      a[j] = a[j] + d;
+      b[j] = b[j] + d * (L::load(x + off + j * N) - mm[j]);
+    }
+  }
+#pragma GCC unroll 4
+  for (int j = 0; j < K; ++j) {
+    Lanes<S>::store(sa + c0 + j * N, a[j]);
+    Lanes<S>::store(sb + c0 + j * N, b[j]);
+  }
+}
+
 template <class T, class S>
 void rows_reduce(const T* dy, const T* x, const T* out, const Geom& g, const S* mean, double* sum_dy,
                  double* sum_dy_xmu) {
   using L = Lanes<T>;
-  using LS = Lanes<S>;
-  using V = typename L::V;
   constexpr int N = L::N;
   const int64_t C = g.C, M = g.count();
   const int64_t B = row_blocks(M);
@@ -331,29 +544,23 @@ void rows_reduce(const T* dy, const T* x, const T* out, const Geom& g, const S* 
       double* wx = &bsx[blk * C];
       for (int64_t s = r0; s < r1; s += R) {
         const int64_t e = std::min(r1, s + R);
-        std::fill(a.begin(), a.end(), S(0));
-        std::fill(b.begin(), b.end(), S(0));
-        for (int64_t r = s; r < e; ++r) {
-          const T* pd = dy + r * C;
-          const T* px = x + r * C;
-          const T* po = out ? out + r * C : nullptr;
-          int64_t c = 0;
-          for (; c + N <= C; c += N) {
-            V d = L::load(pd + c);
-            if (po) d = bn_keep_if_pos(L::load(po + c), d);
-            LS::store(&a[c], LS::load(&a[c]) + d);
-            LS::store(&b[c], LS::load(&b[c]) + d * (L::load(px + c) - LS::load(mean + c)));
+        int64_t c = 0;
+        for (; c + 4 * N <= C; c += 4 * N) rows_chunk_reduce<4>(dy, x, out, C, s, e, c, mean, a.data(), b.data());
+        for (; c + N <= C; c += N) rows_chunk_reduce<1>(dy, x, out, C, s, e, c, mean, a.data(), b.data());
+        for (; c < C; ++c) {
+          S ta = 0, tb = 0;
+          for (int64_t r = s; r < e; ++r) {
+            S d = static_cast<S>(dy[r * C + c]);
+            if (out) d = bn_keep_if_pos(static_cast<S>(out[r * C + c]), d);
+            ta += d;
+            tb += d * (static_cast<S>(x[r * C + c]) - mean[c]);
           }
-          for (; c < C; ++c) {
-            S d = static_cast<S>(pd[c]);
-            if (po) d = bn_keep_if_pos(static_cast<S>(po[c]), d);
-            a[c] += d;
-            b[c] += d * (static_cast<S>(px[c]) - mean[c]);
-          }
+          a[c] = ta;
+          b[c] = tb;
         }
-        for (int64_t c = 0; c < C; ++c) {
-          wd[c] += a[c];
-          wx[c] += b[c];
+        for (int64_t cc = 0; cc < C; ++cc) {
+          wd[cc] += a[cc];
+          wx[cc] += b[cc];
         }
       }
     }

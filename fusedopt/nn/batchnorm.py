@@ -47,6 +47,11 @@ def batch_norm_impl(input, running_mean, running_var, weight, bias, residual, re
         _verify_batch_size(input.size())
     if (running_mean is None) != (running_var is None):
         raise ValueError("batch_norm: running_mean and running_var must both be given or both be None")
+    c = input.shape[1]
+    for name, t in (("running_mean", running_mean), ("running_var", running_var)):
+        if t is not None and t.numel() != c:
+            raise ValueError(f"batch_norm: {name} should contain {c} elements (one per channel of the input) "
+                             f"not {t.numel()}")
     if input.numel() == 0:
         out = _empty_batch(input, weight, bias)
         if residual is not None:

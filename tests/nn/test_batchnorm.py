@@ -140,6 +140,18 @@ def test_parity_dtypes(simd, kind, shape, channels_last, dtype):
     _run_parity(kind, shape, channels_last, dtype, CONFIGS[0])
 
 
+@pytest.mark.parametrize("channels_last", [False, True])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.bfloat16])
+def test_parity_many_channels(simd, channels_last, dtype):
+    # 45 channels: the row kernels' 4-vector column groups, single vectors and a scalar tail.
+    _run_parity(2, (3, 45, 5, 7), channels_last, dtype, CONFIGS[0])
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_parity_planes_shorter_than_a_vector(simd, dtype):
+    _run_parity(1, (9, 4, 3), False, dtype, CONFIGS[0])
+
+
 def test_half_module_weights_in_input_dtype():
     # model.to(bfloat16): weights and buffers in bf16 too.
     torch.manual_seed(0)
@@ -171,6 +183,23 @@ def test_large_mean_is_stable(simd, channels_last):
     dy = torch.randn_like(xf)
     gi = ops.batch_norm_backward(dy, xf, None, mean, var, None, False, True, 1e-5, [True, False, False, False])[0]
     torch.testing.assert_close(gi.double(), reference.batch_norm_backward(dy, xf, None, True)[0], atol=2e-3, rtol=1e-3)
+
+
+@pytest.mark.parametrize("channels_last", [False, True])
+@pytest.mark.parametrize("shape", [(6, 3, 50, 45), (300, 3, 3, 4)], ids=["large-planes", "small-planes"])
+def test_stats_with_shifting_means(simd, channels_last, shape):
+    # Samples with very different means and little spread inside each: later chunks are
+    # shifted by the mean of earlier ones, so the between-chunk part must merge exactly.
+    # Small planes: several samples share a chunk.
+    torch.manual_seed(13)
+    offsets = torch.tensor([0.0, 300.0, -50.0, 1e3, 7.0, 2e3]).repeat(shape[0] // 6).reshape(-1, 1, 1, 1)
+    x = _layout((offsets + 1e-2 * torch.randn(shape)).float(), channels_last)
+    _, mean, var = ops.batch_norm_train(x, None, None, None, False, 1e-5)
+    x64 = x.double()
+    torch.testing.assert_close(mean.double(), x64.mean((0, 2, 3)), rtol=1e-6, atol=1e-4)
+    torch.testing.assert_close(var.double(), x64.var((0, 2, 3), unbiased=False), rtol=1e-5, atol=0)
+    m2, v2 = ops.batch_norm_stats(x)
+    torch.testing.assert_close(v2.double(), x64.var((0, 2, 3), unbiased=False), rtol=1e-5, atol=0)
 
 
 def _f64(*shape):
@@ -361,6 +390,10 @@ def test_errors():
     with pytest.raises(ValueError, match="relu=True needs the forward output"):
         x = torch.randn(2, 4, 3)
         ops.batch_norm_backward(x, x, None, torch.zeros(4), torch.ones(4), None, True, True, 1e-5, [True] * 4)
+    with pytest.raises(ValueError, match="running_mean should contain 4 elements"):
+        FF.batch_norm(torch.randn(2, 4, 3), torch.zeros(3), torch.ones(3), training=True)
+    with pytest.raises(ValueError, match="running_var should contain 4 elements"):
+        FF.batch_norm(torch.randn(2, 4, 3), torch.zeros(4), torch.ones(5), training=False)
     with pytest.raises(RuntimeError, match="running_mean must be defined in evaluation mode"):
         FF.batch_norm(torch.randn(2, 4, 3), None, None, training=False)
     with pytest.raises(ValueError, match="residual must have the input's shape"):
