@@ -386,13 +386,12 @@ void forward_cl(const ForwardArgs& a) {
     for (int64_t r = begin; r < end; ++r) {
       const int64_t n = r / g.OH, oh = r % g.OH;
       for (int64_t ow = 0; ow < g.OW; ++ow) cnt[ow] = valid_taps_out(g, n, oh, ow, &tap[ow * K], &off[ow * K]);
-      // Channel block outermost: its weights stay in L1 across the row.
-      for (int64_t o0 = 0; o0 < O; o0 += kCB) {
-        const int64_t len = std::min(kCB, O - o0);
-        for (int64_t ow = 0; ow < g.OW; ++ow)
-          pixel_block(b.data(), w.data(), O, in, &tap[ow * K], &off[ow * K], cnt[ow], o0, len, g.M,
+      // Pixel outermost: the taps' input pixels are contiguous runs of channels, and
+      // neighbouring outputs share most of them in L1 (the weights fit in L1 too).
+      for (int64_t ow = 0; ow < g.OW; ++ow)
+        for (int64_t o0 = 0; o0 < O; o0 += kCB)
+          pixel_block(b.data(), w.data(), O, in, &tap[ow * K], &off[ow * K], cnt[ow], o0, std::min(kCB, O - o0), g.M,
                       out + (r * g.OW + ow) * O);
-      }
     }
   });
 }
@@ -433,12 +432,10 @@ void backward_cl(const BackwardArgs& a) {
         const int64_t n = r / g.H, ih = r % g.H;
         for (int64_t iw = 0; iw < g.W; ++iw) cnt[iw] = valid_taps_in(g, n, ih, iw, &tap[iw * K], &off[iw * K]);
         if (M == 1) {
-          for (int64_t c0 = 0; c0 < C; c0 += kCB) {
-            const int64_t len = std::min(kCB, C - c0);
-            for (int64_t iw = 0; iw < g.W; ++iw)
-              pixel_block<Acc, T>(nullptr, w.data(), O, go, &tap[iw * K], &off[iw * K], cnt[iw], c0, len, 1,
-                                  gi + (r * g.W + iw) * C);
-          }
+          for (int64_t iw = 0; iw < g.W; ++iw)
+            for (int64_t c0 = 0; c0 < C; c0 += kCB)
+              pixel_block<Acc, T>(nullptr, w.data(), O, go, &tap[iw * K], &off[iw * K], cnt[iw], c0,
+                                  std::min(kCB, C - c0), 1, gi + (r * g.W + iw) * C);
           continue;
         }
         for (int64_t iw = 0; iw < g.W; ++iw) {
