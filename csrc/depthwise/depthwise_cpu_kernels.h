@@ -168,20 +168,21 @@ void forward_nchw(const ForwardArgs& a) {
 // Eight lanes per tap keep the adds in registers and in a fixed order.
 template <int K_, class Acc>
 void weight_grad_flat(const Acc* xbuf, const int64_t* off, int64_t K_rt, const Acc* gflat, int64_t n, Acc* part,
-                      Acc* lanes) {
+                      Acc* lanes_heap) {
   const int64_t K = K_ > 0 ? K_ : K_rt;
-  std::fill(lanes, lanes + (K + 1) * 8, Acc(0));
+  // Fixed kernel sizes: the lanes are a local array, so they live in registers.
+  Acc lanes_local[K_ > 0 ? (K_ + 1) * 8 : 1];
+  Acc* lanes = K_ > 0 ? lanes_local : lanes_heap;
+  for (int64_t e = 0; e < (K + 1) * 8; ++e) lanes[e] = Acc(0);
   for (int64_t p = 0; p < n; p += 8) {
-#pragma GCC unroll 25
+#pragma GCC unroll 26
     for (int64_t t = 0; t < K; ++t) {
       const Acc* s = xbuf + off[t] + p;
-      Acc* l = lanes + t * 8;
 #pragma omp simd
-      for (int q = 0; q < 8; ++q) l[q] += gflat[p + q] * s[q];
+      for (int q = 0; q < 8; ++q) lanes[t * 8 + q] += gflat[p + q] * s[q];
     }
-    Acc* l = lanes + K * 8;
 #pragma omp simd
-    for (int q = 0; q < 8; ++q) l[q] += gflat[p + q];
+    for (int q = 0; q < 8; ++q) lanes[K * 8 + q] += gflat[p + q];
   }
   for (int64_t t = 0; t <= K; ++t) {
     Acc s = Acc(0);
