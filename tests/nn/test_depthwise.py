@@ -383,3 +383,13 @@ def test_errors():
         OPS.depthwise_conv2d_backward(y[:, :2], x, w, [1, 1], [1, 1, 1, 1], [1, 1], [True, True, False])
     with pytest.raises(RuntimeError, match="sparse"):
         OPS.depthwise_conv2d(x.to_sparse(), w, None, [1, 1], [0, 0, 0, 0], [1, 1])
+
+
+@pytest.mark.parametrize("view", ["sliced", "permuted"])
+def test_non_contiguous_input(view):
+    torch.manual_seed(0)
+    base = torch.randn(2, 6, 10, 18)
+    x = base[:, :, :, ::2] if view == "sliced" else base.permute(0, 1, 3, 2)[:, :, :9]
+    assert not x.is_contiguous() and not x.is_contiguous(memory_format=torch.channels_last)
+    w = torch.randn(6, 1, 3, 3)
+    close(depthwise_conv2d(x, w, None, 2, 1), F.conv2d(x, w, None, 2, 1, 1, 6), 2e-5, "non-contiguous input")
