@@ -322,15 +322,16 @@ def test_compile_fullgraph_mobilenet_block(channels_last):
     x = torch.randn(2, 4, 12, 11)
     if channels_last:
         x = x.contiguous(memory_format=torch.channels_last)
-    compiled = torch.compile(compiled_mod, fullgraph=True, backend="aot_eager")
+    compiled = torch.compile(compiled_mod, fullgraph=True)  # inductor: our ops stay extern kernels
     xe, xc = x.clone().requires_grad_(), x.clone().requires_grad_()
     ye, yc = eager(xe), compiled(xc)
     g = torch.randn_like(ye)
     ye.backward(g)
     yc.backward(g)
-    close(yc, ye, 1e-6, "compiled output")
-    close(xc.grad, xe.grad, 1e-6, "compiled grad_input")
-    close(compiled_mod.dw.weight.grad, eager.dw.weight.grad, 1e-6, "compiled grad_weight")
+    # inductor fuses BN and ReLU in its own order: equal up to float32 rounding
+    close(yc, ye, 1e-5, "compiled output")
+    close(xc.grad, xe.grad, 1e-5, "compiled grad_input")
+    close(compiled_mod.dw.weight.grad, eager.dw.weight.grad, 1e-5, "compiled grad_weight")
 
 
 # ---------------------------------------------------------------- determinism, errors
