@@ -369,6 +369,69 @@ inline void pixel_block(const Acc* init, const Acc* w, int64_t ldw, const T* src
   }
 }
 
+// P neighbouring pixels whose taps are the same list shifted by pstep elements, B
+// channels from c0: each weight vector is loaded once for all P pixels.
+template <int B, int P, class Acc, class T>
+inline void pixels_block(const Acc* init, const Acc* w, int64_t ldw, const T* src, const int64_t* tap,
+                         const int64_t* off, int64_t cnt, int64_t pstep, int64_t c0, T* dst, int64_t dstep) {
+  Acc a[P][B];
+#pragma GCC unroll 64
+  for (int p = 0; p < P; ++p)
+#pragma GCC unroll 32
+    for (int q = 0; q < B; ++q) a[p][q] = init ? init[c0 + q] : Acc(0);
+  for (int64_t v = 0; v < cnt; ++v) {
+    const Acc* wr = w + tap[v] * ldw + c0;
+    const T* s = src + off[v] + c0;
+#pragma GCC unroll 64
+    for (int p = 0; p < P; ++p)
+#pragma GCC unroll 32
+      for (int q = 0; q < B; ++q) a[p][q] += wr[q] * static_cast<Acc>(s[p * pstep + q]);
+  }
+#pragma GCC unroll 64
+  for (int p = 0; p < P; ++p)
+#pragma GCC unroll 32
+    for (int q = 0; q < B; ++q) dst[p * dstep + c0 + q] = static_cast<T>(a[p][q]);
+}
+
+// Whether pixels first .. first+P-1 read the same taps, shifted by pstep per pixel.
+inline bool uniform_group(const int64_t* tap, const int64_t* off, const int64_t* cnt, int64_t first, int64_t P,
+                          int64_t K, int64_t pstep) {
+  const int64_t* t0 = tap + first * K;
+  const int64_t* o0 = off + first * K;
+  for (int64_t p = 1; p < P; ++p) {
+    if (cnt[first + p] != cnt[first]) return false;
+    for (int64_t v = 0; v < cnt[first]; ++v)
+      if (tap[(first + p) * K + v] != t0[v] || off[(first + p) * K + v] != o0[v] + p * pstep) return false;
+  }
+  return true;
+}
+
+// A row of npix pixels (tap lists per pixel), nch channels each, written at dst + x * dstep.
+template <class Acc, class T>
+void row_pixels(const Acc* init, const Acc* w, int64_t ldw, const T* src, const int64_t* tap, const int64_t* off,
+                const int64_t* cnt, int64_t npix, int64_t K, int64_t pstep, int64_t nch, int64_t src_div, T* dst,
+                int64_t dstep) {
+  constexpr int P = 4, B = 16;
+  int64_t x = 0;
+  while (x < npix) {
+    if (src_div == 1 && x + P <= npix && uniform_group(tap, off, cnt, x, P, K, pstep)) {
+      int64_t c0 = 0;
+      for (; c0 + B <= nch; c0 += B)
+        pixels_block<B, P>(init, w, ldw, src, &tap[x * K], &off[x * K], cnt[x], pstep, c0, dst + x * dstep, dstep);
+      if (c0 < nch)
+        for (int64_t p = 0; p < P; ++p)
+          pixel_block(init, w, ldw, src, &tap[(x + p) * K], &off[(x + p) * K], cnt[x + p], c0, nch - c0, 1,
+                      dst + (x + p) * dstep);
+      x += P;
+      continue;
+    }
+    for (int64_t c0 = 0; c0 < nch; c0 += kCB)
+      pixel_block(init, w, ldw, src, &tap[x * K], &off[x * K], cnt[x], c0, std::min(kCB, nch - c0), src_div,
+                  dst + x * dstep);
+    ++x;
+  }
+}
+
 template <class Acc, class T>
 void forward_cl(const ForwardArgs& a) {
   const Geom& g = a.g;
@@ -387,12 +450,10 @@ void forward_cl(const ForwardArgs& a) {
     for (int64_t r = begin; r < end; ++r) {
       const int64_t n = r / g.OH, oh = r % g.OH;
       for (int64_t ow = 0; ow < g.OW; ++ow) cnt[ow] = valid_taps_out(g, n, oh, ow, &tap[ow * K], &off[ow * K]);
-      // Pixel outermost: the taps' input pixels are contiguous runs of channels, and
+      // Pixels outermost: the taps' input pixels are contiguous runs of channels, and
       // neighbouring outputs share most of them in L1 (the weights fit in L1 too).
-      for (int64_t ow = 0; ow < g.OW; ++ow)
-        for (int64_t o0 = 0; o0 < O; o0 += kCB)
-          pixel_block(b.data(), w.data(), O, in, &tap[ow * K], &off[ow * K], cnt[ow], o0, std::min(kCB, O - o0), g.M,
-                      out + (r * g.OW + ow) * O);
+      row_pixels(b.data(), w.data(), O, in, tap.data(), off.data(), cnt.data(), g.OW, K, g.SW * g.C, O, g.M,
+                 out + r * g.OW * O, O);
     }
   });
 }
@@ -433,10 +494,9 @@ void backward_cl(const BackwardArgs& a) {
         const int64_t n = r / g.H, ih = r % g.H;
         for (int64_t iw = 0; iw < g.W; ++iw) cnt[iw] = valid_taps_in(g, n, ih, iw, &tap[iw * K], &off[iw * K]);
         if (M == 1) {
-          for (int64_t iw = 0; iw < g.W; ++iw)
-            for (int64_t c0 = 0; c0 < C; c0 += kCB)
-              pixel_block<Acc, T>(nullptr, w.data(), O, go, &tap[iw * K], &off[iw * K], cnt[iw], c0,
-                                  std::min(kCB, C - c0), 1, gi + (r * g.W + iw) * C);
+          // Neighbouring inputs read neighbouring outputs (stride 1): O elements apart.
+          row_pixels<Acc, T>(nullptr, w.data(), O, go, tap.data(), off.data(), cnt.data(), g.W, K, O, C, 1,
+                             gi + r * g.W * C, C);
           continue;
         }
         for (int64_t iw = 0; iw < g.W; ++iw) {
