@@ -27,6 +27,25 @@ inline void store_row(const Acc* src, T* dst, int64_t n) {
   for (int64_t i = 0; i < n; ++i) dst[i] = static_cast<T>(src[i]);
 }
 
+// Runs f(begin, end) over [0, n) in chunks that threads take from a shared counter:
+// a thread slowed by another process (2 shared cores here) takes fewer chunks instead
+// of making every other thread wait at the end. Outputs and partials are indexed by
+// task, never by thread, so results do not depend on who ran what.
+template <class F>
+void parallel_tasks(int64_t n, const F& f) {
+  if (n <= 0) return;
+  const int64_t threads = at::get_num_threads();
+  const int64_t chunk = std::max<int64_t>(1, n / (8 * threads));
+  std::atomic<int64_t> next{0};
+  at::parallel_for(0, threads, 1, [&](int64_t, int64_t) {
+    for (;;) {
+      const int64_t b = next.fetch_add(chunk);
+      if (b >= n) break;
+      f(b, std::min(n, b + chunk));
+    }
+  });
+}
+
 // Calls body(KH, KW) with compile-time kernel sizes for the hot cases, (0, 0) otherwise.
 template <class Body>
 void with_kernel_size(const Geom& g, const Body& body) {
@@ -148,7 +167,7 @@ void forward_nchw(const ForwardArgs& a) {
   const PlaneLayout L = plane_layout(g);
   std::vector<int64_t> off(K);
   tap_offsets(g, L, off.data());
-  at::parallel_for(0, g.N * g.C, 1, [&](int64_t begin, int64_t end) {
+  parallel_tasks(g.N * g.C, [&](int64_t begin, int64_t end) {
     std::vector<Acc> buf(L.size), res(L.flat);
     for (int64_t p = begin; p < end; ++p) {
       const int64_t n = p / g.C, c = p % g.C;
@@ -226,7 +245,7 @@ void backward_nchw(const BackwardArgs& a) {
       for (int64_t j = 0; j < g.KW; ++j) goff[i * g.KW + j] = (g.KH - 1 - i) * g.DH * GW + (g.KW - 1 - j) * g.DW;
   }
 
-  at::parallel_for(0, g.N * g.C, 1, [&](int64_t begin, int64_t end) {
+  parallel_tasks(g.N * g.C, [&](int64_t begin, int64_t end) {
     std::vector<Acc> xbuf(need_part ? L.size : 0), gflat(L.flat, Acc(0)), lanes((K + 1) * 8);
     std::vector<Acc> gbuf(gi ? (s1 ? GH * GW + gflat_n + 8 : L.size) : 0), res(gi && s1 ? gflat_n : 0);
     for (int64_t p = begin; p < end; ++p) {
@@ -445,7 +464,7 @@ void forward_cl(const ForwardArgs& a) {
     for (int64_t t = 0; t < K; ++t) w[t * O + o] = static_cast<Acc>(wt[o * K + t]);
     if (bias) b[o] = static_cast<Acc>(bias[o]);
   }
-  at::parallel_for(0, g.N * g.OH, 1, [&](int64_t begin, int64_t end) {
+  parallel_tasks(g.N * g.OH, [&](int64_t begin, int64_t end) {
     std::vector<int64_t> tap(K * g.OW), off(K * g.OW), cnt(g.OW);
     for (int64_t r = begin; r < end; ++r) {
       const int64_t n = r / g.OH, oh = r % g.OH;
@@ -488,7 +507,7 @@ void backward_cl(const BackwardArgs& a) {
 
   if (gi) {
     // Gather: each input position sums the outputs whose taps read it.
-    at::parallel_for(0, g.N * g.H, 1, [&](int64_t begin, int64_t end) {
+    parallel_tasks(g.N * g.H, [&](int64_t begin, int64_t end) {
       std::vector<int64_t> tap(K * g.W), off(K * g.W), cnt(g.W);
       for (int64_t r = begin; r < end; ++r) {
         const int64_t n = r / g.H, ih = r % g.H;
@@ -523,7 +542,7 @@ void backward_cl(const BackwardArgs& a) {
   const int64_t chunks = std::min<int64_t>(rows, 64);
   const int64_t stride = (K + 1) * O;
   std::vector<Acc> part(chunks * stride, Acc(0));
-  at::parallel_for(0, chunks, 1, [&](int64_t begin, int64_t end) {
+  parallel_tasks(chunks, [&](int64_t begin, int64_t end) {
     for (int64_t ch = begin; ch < end; ++ch) {
       Acc* P = part.data() + ch * stride;
       for (int64_t r = ch * rows / chunks; r < (ch + 1) * rows / chunks; ++r) {
