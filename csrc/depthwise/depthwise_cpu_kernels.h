@@ -536,40 +536,46 @@ void backward_cl(const BackwardArgs& a) {
 
   if (!gw && !gb) return;
   // Partials per fixed chunk of output rows (not per thread), summed in chunk order.
-  // Within a row: per tap and channel block, the products over the row's outputs are
+  // Within a row: per channel block and tap, the products over the row's outputs are
   // summed in registers, then added to the chunk's partial once.
   const int64_t rows = g.N * g.OH;
   const int64_t chunks = std::min<int64_t>(rows, 64);
   const int64_t stride = (K + 1) * O;
   std::vector<Acc> part(chunks * stride, Acc(0));
+  // Outputs ow whose tap j lands inside the input row: iw = ow*SW - PL + j*DW in [0, W).
+  std::vector<int64_t> ow_lo(g.KW), ow_hi(g.KW);
+  for (int64_t j = 0; j < g.KW; ++j) {
+    int64_t lo = 0, hi = g.OW;
+    while (lo < hi && tap_source(lo, j, g.SW, g.DW, g.PL) < 0) ++lo;
+    while (hi > lo && tap_source(hi - 1, j, g.SW, g.DW, g.PL) >= g.W) --hi;
+    ow_lo[j] = lo, ow_hi[j] = hi;
+  }
   parallel_tasks(chunks, [&](int64_t begin, int64_t end) {
     for (int64_t ch = begin; ch < end; ++ch) {
       Acc* P = part.data() + ch * stride;
       for (int64_t r = ch * rows / chunks; r < (ch + 1) * rows / chunks; ++r) {
         const int64_t n = r / g.OH, oh = r % g.OH;
         const T* grow = go + r * g.OW * O;
-        const T* grow_lo = grow;
         for (int64_t o0 = 0; o0 < O; o0 += kCB) {
           const int64_t len = std::min(kCB, O - o0);
           Acc* pb = P + K * O + o0;
           for (int64_t ow = 0; ow < g.OW; ++ow)
             for (int64_t q = 0; q < len; ++q) pb[q] += static_cast<Acc>(grow[ow * O + o0 + q]);
         }
-        for (int64_t i = 0; i < g.KH; ++i) {
-          const int64_t ih = tap_source(oh, i, g.SH, g.DH, g.PT);
-          if (ih < 0 || ih >= g.H) continue;
-          for (int64_t j = 0; j < g.KW; ++j) {
-            // outputs ow whose tap j lands inside the row: iw = ow*SW - PL + j*DW in [0, W)
-            int64_t lo = 0, hi = g.OW;
-            while (lo < hi && tap_source(lo, j, g.SW, g.DW, g.PL) < 0) ++lo;
-            while (hi > lo && tap_source(hi - 1, j, g.SW, g.DW, g.PL) >= g.W) --hi;
-            if (lo >= hi) continue;
-            const T* srow = in + ((n * g.H + ih) * g.W + tap_source(lo, j, g.SW, g.DW, g.PL)) * C;
-            const int64_t sstep = g.SW * C;
-            grow_lo = grow + lo * O;
-            Acc* pt = P + (i * g.KW + j) * O;
-            for (int64_t o0 = 0; o0 < O; o0 += kCB) {
-              const int64_t len = std::min(kCB, O - o0);
+        // Per channel block, all taps: the block's slices of this grad_out row and of
+        // the input rows it reads stay in L1.
+        for (int64_t o0 = 0; o0 < O; o0 += kCB) {
+          const int64_t len = std::min(kCB, O - o0);
+          for (int64_t i = 0; i < g.KH; ++i) {
+            const int64_t ih = tap_source(oh, i, g.SH, g.DH, g.PT);
+            if (ih < 0 || ih >= g.H) continue;
+            for (int64_t j = 0; j < g.KW; ++j) {
+              const int64_t lo = ow_lo[j], hi = ow_hi[j];
+              if (lo >= hi) continue;
+              const T* srow = in + ((n * g.H + ih) * g.W + tap_source(lo, j, g.SW, g.DW, g.PL)) * C;
+              const int64_t sstep = g.SW * C;
+              const T* grow_lo = grow + lo * O;
+              Acc* pt = P + (i * g.KW + j) * O;
               int64_t o = o0;
               if (M == 1) {
                 if (len == kCB) {

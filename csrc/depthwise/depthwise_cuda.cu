@@ -145,6 +145,8 @@ void run_backward(const BackwardArgs& a, const at::Tensor& like) {
       }
     }
     if (a.grad_weight == nullptr && a.grad_bias == nullptr) return;
+    TORCH_CHECK_VALUE(O <= 65535, "fusedopt.depthwise_conv2d_backward: grad_weight on CUDA supports at most 65535 ",
+                      "output channels (one grid row each), got ", O);
     const int64_t positions = g.N * g.OH * g.OW;
     // The split depends only on the shape, never on the device: same bits everywhere.
     const int64_t B = std::max<int64_t>(1, std::min<int64_t>((positions + kThreads - 1) / kThreads, kMaxPartials));
