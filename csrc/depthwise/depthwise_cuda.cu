@@ -132,6 +132,9 @@ void run_backward(const BackwardArgs& a, const at::Tensor& like) {
   const Strides4 is = strides_of(a.channels_last, g.C, g.H, g.W);
   const Strides4 gs = strides_of(a.channels_last, O, g.OH, g.OW);
   const auto stream = c10::cuda::getCurrentCUDAStream();
+  TORCH_CHECK_VALUE(O <= 65535 || (a.grad_weight == nullptr && a.grad_bias == nullptr),
+                    "fusedopt.depthwise_conv2d_backward: grad_weight on CUDA supports at most 65535 output channels "
+                    "(one grid row each), got ", O);
   dispatch_dtype(a.dtype, [&](auto t, auto s) {
     using T = decltype(t);
     using Acc = decltype(s);
@@ -145,8 +148,6 @@ void run_backward(const BackwardArgs& a, const at::Tensor& like) {
       }
     }
     if (a.grad_weight == nullptr && a.grad_bias == nullptr) return;
-    TORCH_CHECK_VALUE(O <= 65535, "fusedopt.depthwise_conv2d_backward: grad_weight on CUDA supports at most 65535 ",
-                      "output channels (one grid row each), got ", O);
     const int64_t positions = g.N * g.OH * g.OW;
     // The split depends only on the shape, never on the device: same bits everywhere.
     const int64_t B = std::max<int64_t>(1, std::min<int64_t>((positions + kThreads - 1) / kThreads, kMaxPartials));
