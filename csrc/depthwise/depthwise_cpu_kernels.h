@@ -27,6 +27,25 @@ inline void store_row(const Acc* src, T* dst, int64_t n) {
   for (int64_t i = 0; i < n; ++i) dst[i] = static_cast<T>(src[i]);
 }
 
+// Runs f(begin, end) over [0, n) in chunks that threads take from a shared counter:
+// a thread slowed by another process (2 shared cores here) takes fewer chunks instead
+// of making every other thread wait at the end. Outputs and partials are indexed by
+// task, never by thread, so results do not depend on who ran what.
+template <class F>
+void parallel_tasks(int64_t n, const F& f) {
+  if (n <= 0) return;
+  const int64_t threads = at::get_num_threads();
+  const int64_t chunk = std::max<int64_t>(1, n / (8 * threads));
+  std::atomic<int64_t> next{0};
+  at::parallel_for(0, threads, 1, [&](int64_t, int64_t) {
+    for (;;) {
+      const int64_t b = next.fetch_add(chunk);
+      if (b >= n) break;
+      f(b, std::min(n, b + chunk));
+    }
+  });
+}
+
 // Calls body(KH, KW) with compile-time kernel sizes for the hot cases, (0, 0) otherwise.
 template <class Body>
 void with_kernel_size(const Geom& g, const Body& body) {
@@ -148,7 +167,7 @@ void forward_nchw(const ForwardArgs& a) {
   const PlaneLayout L = plane_layout(g);
   std::vector<int64_t> off(K);
   tap_offsets(g, L, off.data());
-  at::parallel_for(0, g.N * g.C, 1, [&](int64_t begin, int64_t end) {
+  parallel_tasks(g.N * g.C, [&](int64_t begin, int64_t end) {
     std::vector<Acc> buf(L.size), res(L.flat);
     for (int64_t p = begin; p < end; ++p) {
       const int64_t n = p / g.C, c = p % g.C;
@@ -168,20 +187,21 @@ void forward_nchw(const ForwardArgs& a) {
 // Eight lanes per tap keep the adds in registers and in a fixed order.
 template <int K_, class Acc>
 void weight_grad_flat(const Acc* xbuf, const int64_t* off, int64_t K_rt, const Acc* gflat, int64_t n, Acc* part,
-                      Acc* lanes) {
+                      Acc* lanes_heap) {
   const int64_t K = K_ > 0 ? K_ : K_rt;
-  std::fill(lanes, lanes + (K + 1) * 8, Acc(0));
+  // Fixed kernel sizes: the lanes are a local array, so they live in registers.
+  Acc lanes_local[K_ > 0 ? (K_ + 1) * 8 : 1];
+  Acc* lanes = K_ > 0 ? lanes_local : lanes_heap;
+  for (int64_t e = 0; e < (K + 1) * 8; ++e) lanes[e] = Acc(0);
   for (int64_t p = 0; p < n; p += 8) {
-#pragma GCC unroll 25
+#pragma GCC unroll 26
     for (int64_t t = 0; t < K; ++t) {
       const Acc* s = xbuf + off[t] + p;
-      Acc* l = lanes + t * 8;
 #pragma omp simd
-      for (int q = 0; q < 8; ++q) l[q] += gflat[p + q] * s[q];
+      for (int q = 0; q < 8; ++q) lanes[t * 8 + q] += gflat[p + q] * s[q];
     }
-    Acc* l = lanes + K * 8;
 #pragma omp simd
-    for (int q = 0; q < 8; ++q) l[q] += gflat[p + q];
+    for (int q = 0; q < 8; ++q) lanes[K * 8 + q] += gflat[p + q];
   }
   for (int64_t t = 0; t <= K; ++t) {
     Acc s = Acc(0);
@@ -225,7 +245,7 @@ void backward_nchw(const BackwardArgs& a) {
       for (int64_t j = 0; j < g.KW; ++j) goff[i * g.KW + j] = (g.KH - 1 - i) * g.DH * GW + (g.KW - 1 - j) * g.DW;
   }
 
-  at::parallel_for(0, g.N * g.C, 1, [&](int64_t begin, int64_t end) {
+  parallel_tasks(g.N * g.C, [&](int64_t begin, int64_t end) {
     std::vector<Acc> xbuf(need_part ? L.size : 0), gflat(L.flat, Acc(0)), lanes((K + 1) * 8);
     std::vector<Acc> gbuf(gi ? (s1 ? GH * GW + gflat_n + 8 : L.size) : 0), res(gi && s1 ? gflat_n : 0);
     for (int64_t p = begin; p < end; ++p) {
@@ -368,6 +388,69 @@ inline void pixel_block(const Acc* init, const Acc* w, int64_t ldw, const T* src
   }
 }
 
+// P neighbouring pixels whose taps are the same list shifted by pstep elements, B
+// channels from c0: each weight vector is loaded once for all P pixels.
+template <int B, int P, class Acc, class T>
+inline void pixels_block(const Acc* init, const Acc* w, int64_t ldw, const T* src, const int64_t* tap,
+                         const int64_t* off, int64_t cnt, int64_t pstep, int64_t c0, T* dst, int64_t dstep) {
+  Acc a[P][B];
+#pragma GCC unroll 64
+  for (int p = 0; p < P; ++p)
+#pragma GCC unroll 32
+    for (int q = 0; q < B; ++q) a[p][q] = init ? init[c0 + q] : Acc(0);
+  for (int64_t v = 0; v < cnt; ++v) {
+    const Acc* wr = w + tap[v] * ldw + c0;
+    const T* s = src + off[v] + c0;
+#pragma GCC unroll 64
+    for (int p = 0; p < P; ++p)
+#pragma GCC unroll 32
+      for (int q = 0; q < B; ++q) a[p][q] += wr[q] * static_cast<Acc>(s[p * pstep + q]);
+  }
+#pragma GCC unroll 64
+  for (int p = 0; p < P; ++p)
+#pragma GCC unroll 32
+    for (int q = 0; q < B; ++q) dst[p * dstep + c0 + q] = static_cast<T>(a[p][q]);
+}
+
+// Whether pixels first .. first+P-1 read the same taps, shifted by pstep per pixel.
+inline bool uniform_group(const int64_t* tap, const int64_t* off, const int64_t* cnt, int64_t first, int64_t P,
+                          int64_t K, int64_t pstep) {
+  const int64_t* t0 = tap + first * K;
+  const int64_t* o0 = off + first * K;
+  for (int64_t p = 1; p < P; ++p) {
+    if (cnt[first + p] != cnt[first]) return false;
+    for (int64_t v = 0; v < cnt[first]; ++v)
+      if (tap[(first + p) * K + v] != t0[v] || off[(first + p) * K + v] != o0[v] + p * pstep) return false;
+  }
+  return true;
+}
+
+// A row of npix pixels (tap lists per pixel), nch channels each, written at dst + x * dstep.
+template <class Acc, class T>
+void row_pixels(const Acc* init, const Acc* w, int64_t ldw, const T* src, const int64_t* tap, const int64_t* off,
+                const int64_t* cnt, int64_t npix, int64_t K, int64_t pstep, int64_t nch, int64_t src_div, T* dst,
+                int64_t dstep) {
+  constexpr int P = 4, B = 16;
+  int64_t x = 0;
+  while (x < npix) {
+    if (src_div == 1 && x + P <= npix && uniform_group(tap, off, cnt, x, P, K, pstep)) {
+      int64_t c0 = 0;
+      for (; c0 + B <= nch; c0 += B)
+        pixels_block<B, P>(init, w, ldw, src, &tap[x * K], &off[x * K], cnt[x], pstep, c0, dst + x * dstep, dstep);
+      if (c0 < nch)
+        for (int64_t p = 0; p < P; ++p)
+          pixel_block(init, w, ldw, src, &tap[(x + p) * K], &off[(x + p) * K], cnt[x + p], c0, nch - c0, 1,
+                      dst + (x + p) * dstep);
+      x += P;
+      continue;
+    }
+    for (int64_t c0 = 0; c0 < nch; c0 += kCB)
+      pixel_block(init, w, ldw, src, &tap[x * K], &off[x * K], cnt[x], c0, std::min(kCB, nch - c0), src_div,
+                  dst + x * dstep);
+    ++x;
+  }
+}
+
 template <class Acc, class T>
 void forward_cl(const ForwardArgs& a) {
   const Geom& g = a.g;
@@ -381,18 +464,15 @@ void forward_cl(const ForwardArgs& a) {
     for (int64_t t = 0; t < K; ++t) w[t * O + o] = static_cast<Acc>(wt[o * K + t]);
     if (bias) b[o] = static_cast<Acc>(bias[o]);
   }
-  at::parallel_for(0, g.N * g.OH, 1, [&](int64_t begin, int64_t end) {
+  parallel_tasks(g.N * g.OH, [&](int64_t begin, int64_t end) {
     std::vector<int64_t> tap(K * g.OW), off(K * g.OW), cnt(g.OW);
     for (int64_t r = begin; r < end; ++r) {
       const int64_t n = r / g.OH, oh = r % g.OH;
       for (int64_t ow = 0; ow < g.OW; ++ow) cnt[ow] = valid_taps_out(g, n, oh, ow, &tap[ow * K], &off[ow * K]);
-      // Channel block outermost: its weights stay in L1 across the row.
-      for (int64_t o0 = 0; o0 < O; o0 += kCB) {
-        const int64_t len = std::min(kCB, O - o0);
-        for (int64_t ow = 0; ow < g.OW; ++ow)
-          pixel_block(b.data(), w.data(), O, in, &tap[ow * K], &off[ow * K], cnt[ow], o0, len, g.M,
-                      out + (r * g.OW + ow) * O);
-      }
+      // Pixels outermost: the taps' input pixels are contiguous runs of channels, and
+      // neighbouring outputs share most of them in L1 (the weights fit in L1 too).
+      row_pixels(b.data(), w.data(), O, in, tap.data(), off.data(), cnt.data(), g.OW, K, g.SW * g.C, O, g.M,
+                 out + r * g.OW * O, O);
     }
   });
 }
@@ -427,18 +507,15 @@ void backward_cl(const BackwardArgs& a) {
 
   if (gi) {
     // Gather: each input position sums the outputs whose taps read it.
-    at::parallel_for(0, g.N * g.H, 1, [&](int64_t begin, int64_t end) {
+    parallel_tasks(g.N * g.H, [&](int64_t begin, int64_t end) {
       std::vector<int64_t> tap(K * g.W), off(K * g.W), cnt(g.W);
       for (int64_t r = begin; r < end; ++r) {
         const int64_t n = r / g.H, ih = r % g.H;
         for (int64_t iw = 0; iw < g.W; ++iw) cnt[iw] = valid_taps_in(g, n, ih, iw, &tap[iw * K], &off[iw * K]);
         if (M == 1) {
-          for (int64_t c0 = 0; c0 < C; c0 += kCB) {
-            const int64_t len = std::min(kCB, C - c0);
-            for (int64_t iw = 0; iw < g.W; ++iw)
-              pixel_block<Acc, T>(nullptr, w.data(), O, go, &tap[iw * K], &off[iw * K], cnt[iw], c0, len, 1,
-                                  gi + (r * g.W + iw) * C);
-          }
+          // Neighbouring inputs read neighbouring outputs (stride 1): O elements apart.
+          row_pixels<Acc, T>(nullptr, w.data(), O, go, tap.data(), off.data(), cnt.data(), g.W, K, O, C, 1,
+                             gi + r * g.W * C, C);
           continue;
         }
         for (int64_t iw = 0; iw < g.W; ++iw) {
@@ -459,40 +536,46 @@ void backward_cl(const BackwardArgs& a) {
 
   if (!gw && !gb) return;
   // Partials per fixed chunk of output rows (not per thread), summed in chunk order.
-  // Within a row: per tap and channel block, the products over the row's outputs are
+  // Within a row: per channel block and tap, the products over the row's outputs are
   // summed in registers, then added to the chunk's partial once.
   const int64_t rows = g.N * g.OH;
   const int64_t chunks = std::min<int64_t>(rows, 64);
   const int64_t stride = (K + 1) * O;
   std::vector<Acc> part(chunks * stride, Acc(0));
-  at::parallel_for(0, chunks, 1, [&](int64_t begin, int64_t end) {
+  // Outputs ow whose tap j lands inside the input row: iw = ow*SW - PL + j*DW in [0, W).
+  std::vector<int64_t> ow_lo(g.KW), ow_hi(g.KW);
+  for (int64_t j = 0; j < g.KW; ++j) {
+    int64_t lo = 0, hi = g.OW;
+    while (lo < hi && tap_source(lo, j, g.SW, g.DW, g.PL) < 0) ++lo;
+    while (hi > lo && tap_source(hi - 1, j, g.SW, g.DW, g.PL) >= g.W) --hi;
+    ow_lo[j] = lo, ow_hi[j] = hi;
+  }
+  parallel_tasks(chunks, [&](int64_t begin, int64_t end) {
     for (int64_t ch = begin; ch < end; ++ch) {
       Acc* P = part.data() + ch * stride;
       for (int64_t r = ch * rows / chunks; r < (ch + 1) * rows / chunks; ++r) {
         const int64_t n = r / g.OH, oh = r % g.OH;
         const T* grow = go + r * g.OW * O;
-        const T* grow_lo = grow;
         for (int64_t o0 = 0; o0 < O; o0 += kCB) {
           const int64_t len = std::min(kCB, O - o0);
           Acc* pb = P + K * O + o0;
           for (int64_t ow = 0; ow < g.OW; ++ow)
             for (int64_t q = 0; q < len; ++q) pb[q] += static_cast<Acc>(grow[ow * O + o0 + q]);
         }
-        for (int64_t i = 0; i < g.KH; ++i) {
-          const int64_t ih = tap_source(oh, i, g.SH, g.DH, g.PT);
-          if (ih < 0 || ih >= g.H) continue;
-          for (int64_t j = 0; j < g.KW; ++j) {
-            // outputs ow whose tap j lands inside the row: iw = ow*SW - PL + j*DW in [0, W)
-            int64_t lo = 0, hi = g.OW;
-            while (lo < hi && tap_source(lo, j, g.SW, g.DW, g.PL) < 0) ++lo;
-            while (hi > lo && tap_source(hi - 1, j, g.SW, g.DW, g.PL) >= g.W) --hi;
-            if (lo >= hi) continue;
-            const T* srow = in + ((n * g.H + ih) * g.W + tap_source(lo, j, g.SW, g.DW, g.PL)) * C;
-            const int64_t sstep = g.SW * C;
-            grow_lo = grow + lo * O;
-            Acc* pt = P + (i * g.KW + j) * O;
-            for (int64_t o0 = 0; o0 < O; o0 += kCB) {
-              const int64_t len = std::min(kCB, O - o0);
+        // Per channel block, all taps: the block's slices of this grad_out row and of
+        // the input rows it reads stay in L1.
+        for (int64_t o0 = 0; o0 < O; o0 += kCB) {
+          const int64_t len = std::min(kCB, O - o0);
+          for (int64_t i = 0; i < g.KH; ++i) {
+            const int64_t ih = tap_source(oh, i, g.SH, g.DH, g.PT);
+            if (ih < 0 || ih >= g.H) continue;
+            for (int64_t j = 0; j < g.KW; ++j) {
+              const int64_t lo = ow_lo[j], hi = ow_hi[j];
+              if (lo >= hi) continue;
+              const T* srow = in + ((n * g.H + ih) * g.W + tap_source(lo, j, g.SW, g.DW, g.PL)) * C;
+              const int64_t sstep = g.SW * C;
+              const T* grow_lo = grow + lo * O;
+              Acc* pt = P + (i * g.KW + j) * O;
               int64_t o = o0;
               if (M == 1) {
                 if (len == kCB) {

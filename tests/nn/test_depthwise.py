@@ -200,11 +200,11 @@ def test_empty_batch():
 
 # ---------------------------------------------------------------- modules
 
-@pytest.mark.parametrize("padding", [0, 1, (2, 1), "same", "valid"])
-@pytest.mark.parametrize("padding_mode", ["zeros", "reflect", "circular"])
+@pytest.mark.parametrize("padding,padding_mode", [
+    (0, "zeros"), (1, "zeros"), ((2, 1), "zeros"), ("same", "zeros"), ("valid", "zeros"),
+    (1, "reflect"), ((2, 1), "reflect"), ("same", "reflect"), (1, "circular"), ("same", "circular"),
+])
 def test_module_matches_nn_conv2d(padding, padding_mode):
-    if padding_mode != "zeros" and padding in (0, "valid"):
-        pytest.skip("nothing to pad")
     torch.manual_seed(0)
     kw = dict(kernel_size=(3, 4) if padding == "same" else 3, stride=1, padding=padding, dilation=1, bias=True,
               padding_mode=padding_mode)
@@ -322,15 +322,16 @@ def test_compile_fullgraph_mobilenet_block(channels_last):
     x = torch.randn(2, 4, 12, 11)
     if channels_last:
         x = x.contiguous(memory_format=torch.channels_last)
-    compiled = torch.compile(compiled_mod, fullgraph=True, backend="aot_eager")
+    compiled = torch.compile(compiled_mod, fullgraph=True)  # inductor: our ops stay extern kernels
     xe, xc = x.clone().requires_grad_(), x.clone().requires_grad_()
     ye, yc = eager(xe), compiled(xc)
     g = torch.randn_like(ye)
     ye.backward(g)
     yc.backward(g)
-    close(yc, ye, 1e-6, "compiled output")
-    close(xc.grad, xe.grad, 1e-6, "compiled grad_input")
-    close(compiled_mod.dw.weight.grad, eager.dw.weight.grad, 1e-6, "compiled grad_weight")
+    # inductor fuses BN and ReLU in its own order: equal up to float32 rounding
+    close(yc, ye, 1e-5, "compiled output")
+    close(xc.grad, xe.grad, 1e-5, "compiled grad_input")
+    close(compiled_mod.dw.weight.grad, eager.dw.weight.grad, 1e-5, "compiled grad_weight")
 
 
 # ---------------------------------------------------------------- determinism, errors
@@ -383,3 +384,13 @@ def test_errors():
         OPS.depthwise_conv2d_backward(y[:, :2], x, w, [1, 1], [1, 1, 1, 1], [1, 1], [True, True, False])
     with pytest.raises(RuntimeError, match="sparse"):
         OPS.depthwise_conv2d(x.to_sparse(), w, None, [1, 1], [0, 0, 0, 0], [1, 1])
+
+
+@pytest.mark.parametrize("view", ["sliced", "permuted"])
+def test_non_contiguous_input(view):
+    torch.manual_seed(0)
+    base = torch.randn(2, 6, 10, 18)
+    x = base[:, :, :, ::2] if view == "sliced" else base.permute(0, 1, 3, 2)[:, :, :9]
+    assert not x.is_contiguous() and not x.is_contiguous(memory_format=torch.channels_last)
+    w = torch.randn(6, 1, 3, 3)
+    close(depthwise_conv2d(x, w, None, 2, 1), F.conv2d(x, w, None, 2, 1, 1, 6), 2e-5, "non-contiguous input")

@@ -1,0 +1,115 @@
+"""Depthwise conv microbenchmarks: fusedopt.nn against torch's nn.Conv2d(groups=C), on
+the 3x3 depthwise layers of MobileNetV2 (batch 32, float32, no bias: BN follows), NCHW
+and channels_last, forward and forward+backward; plus the separable block (depthwise +
+1x1 pointwise) against two torch convs.
+
+Bytes moved by fusedopt's kernels per call (the model behind GB/s), E = element size:
+  forward:           read input + write output                          (in + out) * E
+  forward+backward:  forward, then grad_input and grad_weight:
+                     NCHW: one pass per plane reads grad_out and input, writes grad_input
+                           -> (in + out) + (out + in + in)
+                     channels_last: separate grad_input and grad_weight passes read
+                           grad_out twice -> (in + out) + (2 * out + in + in)
+  Weights, partials and per-plane scratch buffers (cache-resident) are not counted.
+  separable rows count only the depthwise kernels (the pointwise 1x1 is an ATen GEMM).
+There is no fused depthwise+pointwise kernel (the intermediate is written and read
+back): the separable rows measure the two steps.
+"""
+import torch
+import torch.nn.functional as F
+
+import fusedopt  # noqa: F401  (registers the ops)
+from fusedopt.nn.functional import depthwise_conv2d, depthwise_separable_conv2d
+
+# (N, C, H, W, stride): MobileNetV2's expanded 3x3 depthwise layers.
+SHAPES = [(32, 144, 56, 56, 1), (32, 144, 56, 56, 2), (32, 384, 14, 14, 1), (32, 960, 7, 7, 1)]
+SEPARABLE = [(32, 144, 56, 56, 1, 24), (32, 384, 14, 14, 1, 64)]  # (..., stride, out_channels)
+
+
+def cases(quick, device):
+    layouts = ("nchw", "channels_last")
+    if quick:
+        for layout in layouts:
+            yield dict(family="depthwise", op="forward+backward", shape=SHAPES[0], layout=layout, device=device)
+            yield dict(family="depthwise", op="forward", shape=SHAPES[3], layout=layout, device=device)
+        yield dict(family="depthwise", op="separable forward+backward", shape=SEPARABLE[1], layout="nchw",
+                   device=device)
+        return
+    for shape in SHAPES:
+        for layout in layouts:
+            for op in ("forward", "forward+backward"):
+                yield dict(family="depthwise", op=op, shape=shape, layout=layout, device=device)
+    for shape in SEPARABLE:
+        for layout in layouts:
+            yield dict(family="depthwise", op="separable forward+backward", shape=shape, layout=layout, device=device)
+
+
+def _input(n, c, h, w, layout, device, requires_grad):
+    x = torch.randn(n, c, h, w, device=device)
+    if layout == "channels_last":
+        x = x.contiguous(memory_format=torch.channels_last)
+    return x.requires_grad_(requires_grad)
+
+
+def _depthwise_fns(case):
+    n, c, h, w, s = case["shape"]
+    device, backward = case["device"], case["op"] == "forward+backward"
+    x = _input(n, c, h, w, case["layout"], device, backward)
+    weight = torch.randn(c, 1, 3, 3, device=device, requires_grad=backward)
+    oh, ow = (h + 2 - 3) // s + 1, (w + 2 - 3) // s + 1
+    g = torch.randn(n, c, oh, ow, device=device)
+    if case["layout"] == "channels_last":
+        g = g.contiguous(memory_format=torch.channels_last)
+
+    def torch_fn():
+        y = F.conv2d(x, weight, None, s, 1, 1, c)
+        if backward:
+            y.backward(g)
+
+    def fused_fn():
+        y = depthwise_conv2d(x, weight, None, s, 1, 1)
+        if backward:
+            y.backward(g)
+
+    E = 4
+    ins, outs = n * c * h * w, n * c * oh * ow
+    nbytes = (ins + outs) * E
+    if backward:
+        nbytes += ((2 if case["layout"] == "channels_last" else 1) * outs + 2 * ins) * E
+    return {"torch": torch_fn, "fusedopt": fused_fn}, nbytes, f"{n}x{c}x{h}x{w} k3 s{s}"
+
+
+def _separable_fns(case):
+    n, c, h, w, s, out = case["shape"]
+    device = case["device"]
+    x = _input(n, c, h, w, case["layout"], device, True)
+    dw = torch.randn(c, 1, 3, 3, device=device, requires_grad=True)
+    pw = torch.randn(out, c, 1, 1, device=device, requires_grad=True)
+    b = torch.randn(out, device=device, requires_grad=True)
+    oh, ow = (h + 2 - 3) // s + 1, (w + 2 - 3) // s + 1
+    g = torch.randn(n, out, oh, ow, device=device)
+    if case["layout"] == "channels_last":
+        g = g.contiguous(memory_format=torch.channels_last)
+
+    def torch_fn():
+        F.conv2d(F.conv2d(x, dw, None, s, 1, 1, c), pw, b).backward(g)
+
+    def fused_fn():
+        depthwise_separable_conv2d(x, dw, pw, b, s, 1, 1).backward(g)
+
+    E = 4
+    ins, mids = n * c * h * w, n * c * oh * ow
+    nbytes = ((ins + mids) + ((2 if case["layout"] == "channels_last" else 1) * mids + 2 * ins)) * E
+    return {"torch": torch_fn, "fusedopt": fused_fn}, nbytes, f"{n}x{c}x{h}x{w} k3 s{s} -> {out}"
+
+
+def run_case(case, timer):
+    if case["op"].startswith("separable"):
+        fns, nbytes, shape = _separable_fns(case)
+    else:
+        fns, nbytes, shape = _depthwise_fns(case)
+    times = timer(fns, max_seconds=6.0)
+    return dict(
+        family="depthwise", op=case["op"], shape=shape, dtype="float32", layout=case["layout"], device=case["device"],
+        times=times, skipped={}, fusedopt="fusedopt", bytes=nbytes,
+    )
