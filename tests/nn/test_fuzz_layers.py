@@ -1,0 +1,113 @@
+"""hypothesis fuzzes the layer ops against their float64 references: random shapes,
+layouts, dtypes and options, forward and backward."""
+import torch
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from fusedopt import reference
+from fusedopt.nn import functional as F
+
+SETTINGS = settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+TOL = {torch.float32: dict(rtol=1e-4, atol=1e-4), torch.float64: dict(rtol=1e-9, atol=1e-10)}
+
+
+def _layout(t, channels_last):
+    if channels_last and t.dim() == 4:
+        return t.contiguous(memory_format=torch.channels_last)
+    if channels_last and t.dim() == 5:
+        return t.contiguous(memory_format=torch.channels_last_3d)
+    return t
+
+
+@st.composite
+def _bn_case(draw):
+    spatial = draw(st.lists(st.integers(1, 6), min_size=0, max_size=3))
+    n = draw(st.integers(1 if spatial else 2, 5))
+    return dict(shape=(n, draw(st.integers(1, 6)), *spatial), channels_last=draw(st.booleans()),
+                dtype=draw(st.sampled_from([torch.float32, torch.float64])), training=draw(st.booleans()),
+                affine=draw(st.booleans()), relu=draw(st.booleans()), residual=draw(st.booleans()),
+                momentum=draw(st.sampled_from([0.1, 0.5])), eps=draw(st.sampled_from([1e-5, 1e-3])),
+                seed=draw(st.integers(0, 2**16)), offset=draw(st.sampled_from([0.0, 100.0])))
+
+
+@SETTINGS
+@given(_bn_case())
+def test_batch_norm_matches_float64_reference_on_random_inputs(case):
+    g = torch.Generator().manual_seed(case["seed"])
+    shape, dt, c = case["shape"], case["dtype"], case["shape"][1]
+    rnd = lambda *s: torch.randn(*s, generator=g, dtype=torch.float64)  # noqa: E731
+    x = _layout((rnd(*shape) * 2 + case["offset"]).to(dt), case["channels_last"]).requires_grad_()
+    w = (rnd(c) + 1).to(dt).requires_grad_() if case["affine"] else None
+    b = rnd(c).to(dt).requires_grad_() if case["affine"] else None
+    z = _layout(rnd(*shape).to(dt), case["channels_last"]).requires_grad_() if case["residual"] else None
+    rm, rv = rnd(c).to(dt), (rnd(c).abs() + 0.5).to(dt)
+    rm0, rv0 = rm.clone(), rv.clone()
+    fn = F.batch_norm_relu if case["relu"] or z is not None else None
+    kw = dict(training=case["training"], momentum=case["momentum"], eps=case["eps"])
+    if fn is None:
+        out = F.batch_norm(x, rm, rv, w, b, **kw)
+    else:
+        out = fn(x, rm, rv, w, b, residual=z, **kw) if case["relu"] else None
+        if not case["relu"]:  # residual without relu: not a fused form; add it outside
+            out = F.batch_norm(x, rm, rv, w, b, **kw) + z
+    ref_out, ref_rm, ref_rv = reference.batch_norm_forward(x.detach(), w, b, rm0, rv0, residual=z, relu=case["relu"],
+                                                           **kw)
+    assert out.shape == x.shape and out.dtype == dt
+    if case["channels_last"] and x.dim() >= 4 and c > 1:
+        assert out.stride() == x.stride()
+    torch.testing.assert_close(out.double(), ref_out, **TOL[dt])
+    if case["training"]:
+        torch.testing.assert_close(rm.double(), ref_rm, **TOL[dt])
+        torch.testing.assert_close(rv.double(), ref_rv, **TOL[dt])
+    else:
+        assert torch.equal(rm, rm0) and torch.equal(rv, rv0)
+    dy = rnd(*shape).to(dt)
+    out.backward(dy)
+    gx, gw, gb, gz = reference.batch_norm_backward(dy, x.detach(), w, case["training"], case["eps"], rm0, rv0,
+                                                   out=ref_out if case["relu"] else None)
+    torch.testing.assert_close(x.grad.double(), gx, **TOL[dt])
+    if w is not None:
+        torch.testing.assert_close(w.grad.double(), gw, **TOL[dt])
+        torch.testing.assert_close(b.grad.double(), gb, **TOL[dt])
+    if z is not None:
+        torch.testing.assert_close(z.grad.double(), gz, **TOL[dt])
+
+
+@st.composite
+def _dw_case(draw):
+    kh, kw = draw(st.integers(1, 5)), draw(st.integers(1, 5))
+    sh, sw = draw(st.integers(1, 3)), draw(st.integers(1, 3))
+    dh, dw = draw(st.integers(1, 2)), draw(st.integers(1, 2))
+    pad = [draw(st.integers(0, 3)) for _ in range(4)]
+    # input at least as large as the dilated kernel minus the padding
+    h = draw(st.integers(max(1, (kh - 1) * dh + 1 - pad[0] - pad[1]), 12))
+    w = draw(st.integers(max(1, (kw - 1) * dw + 1 - pad[2] - pad[3]), 12))
+    return dict(n=draw(st.integers(1, 3)), c=draw(st.integers(1, 6)), m=draw(st.integers(1, 3)), h=h, w=w,
+                kernel=(kh, kw), stride=(sh, sw), dilation=(dh, dw), padding=pad, bias=draw(st.booleans()),
+                channels_last=draw(st.booleans()), dtype=draw(st.sampled_from([torch.float32, torch.float64])),
+                seed=draw(st.integers(0, 2**16)))
+
+
+@SETTINGS
+@given(_dw_case())
+def test_depthwise_conv_matches_float64_reference_on_random_inputs(case):
+    g = torch.Generator().manual_seed(case["seed"])
+    dt = case["dtype"]
+    rnd = lambda *s: torch.randn(*s, generator=g, dtype=torch.float64).to(dt)  # noqa: E731
+    x = _layout(rnd(case["n"], case["c"], case["h"], case["w"]), case["channels_last"]).requires_grad_()
+    wt = rnd(case["c"] * case["m"], 1, *case["kernel"]).requires_grad_()
+    b = rnd(case["c"] * case["m"]).requires_grad_() if case["bias"] else None
+    geo = dict(stride=case["stride"], padding=tuple(case["padding"]), dilation=case["dilation"])
+    out = F.depthwise_conv2d(x, wt, b, **geo)
+    ref = reference.depthwise.depthwise_conv2d(x.detach(), wt.detach(), None if b is None else b.detach(), **geo)
+    assert out.shape == ref.shape and out.dtype == dt
+    if case["channels_last"] and case["c"] > 1 and out.shape[2] * out.shape[3] > 1:  # else the layout is ambiguous
+        assert out.is_contiguous(memory_format=torch.channels_last)
+    torch.testing.assert_close(out.double(), ref, **TOL[dt])
+    dy = rnd(*out.shape)
+    out.backward(dy)
+    gx, gw, gb = reference.depthwise.depthwise_conv2d_grads(dy, x, wt, b, **geo)
+    torch.testing.assert_close(x.grad.double(), gx, **TOL[dt])
+    torch.testing.assert_close(wt.grad.double(), gw, **TOL[dt])
+    if b is not None:
+        torch.testing.assert_close(b.grad.double(), gb, **TOL[dt])
