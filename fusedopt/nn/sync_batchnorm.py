@@ -91,9 +91,21 @@ class _SyncBatchNormFunction(torch.autograd.Function):
         return gi, gw, gb, None, None, None, None, None, None
 
 
-class SyncBatchNorm(_FusedBatchNormMixin, nn.SyncBatchNorm):
-    """torch.nn.SyncBatchNorm (same constructor, process_group included) on fusedopt's
-    kernels; runs on the CPU with gloo as well."""
+class SyncBatchNorm(_FusedBatchNormMixin, nn.modules.batchnorm._BatchNorm):
+    """torch.nn.SyncBatchNorm (same constructor, process_group included, same parameters,
+    buffers and state_dict) on fusedopt's kernels; runs on the CPU with gloo as well.
+
+    Deliberately not a subclass of nn.SyncBatchNorm: DistributedDataParallel refuses
+    those in CPU modules ("SyncBatchNorm layers only work with GPU modules")."""
+
+    def __init__(self, num_features, eps=1e-5, momentum=0.1, affine=True, track_running_stats=True,
+                 process_group=None, device=None, dtype=None, **kwargs):
+        super().__init__(num_features, eps, momentum, affine, track_running_stats, device=device, dtype=dtype,
+                         **kwargs)
+        self.process_group = process_group
+
+    _check_input_dim = nn.SyncBatchNorm._check_input_dim
+    _check_non_zero_input_channels = nn.SyncBatchNorm._check_non_zero_input_channels
 
     def forward(self, input):
         self._check_input_dim(input)
