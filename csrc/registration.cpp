@@ -55,9 +55,11 @@ TORCH_LIBRARY(fusedopt, m) {
   // Forward with given statistics (eval mode: the running ones).
   m.def("batch_norm_eval(Tensor input, Tensor mean, Tensor var, Tensor? weight, Tensor? bias, Tensor? residual, "
         "bool relu, float eps) -> Tensor");
-  // running = (1 - momentum) * running + momentum * stat, with the unbiased var (count values).
+  // running = (1 - momentum) * running + momentum * stat, with the unbiased var (count
+  // values). momentum=None: the cumulative average, momentum = 1 / num_batches_tracked,
+  // read by the kernel (no host sync, and torch.compile sees no data-dependent float).
   m.def("batch_norm_update_stats_(Tensor(a!) running_mean, Tensor(b!) running_var, Tensor mean, Tensor var, "
-        "float momentum, int count) -> ()");
+        "float? momentum, Tensor? num_batches_tracked, int count) -> ()");
   // Grads of input, weight, bias, residual (output_mask picks; others are empty). The
   // relu mask is recomputed from output > 0.
   m.def("batch_norm_backward(Tensor grad_out, Tensor input, Tensor? weight, Tensor mean, Tensor var, Tensor? output, "

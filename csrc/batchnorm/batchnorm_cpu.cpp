@@ -143,24 +143,12 @@ at::Tensor batch_norm_eval(const at::Tensor& input, const at::Tensor& mean, cons
 }
 
 void batch_norm_update_stats_(const at::Tensor& running_mean, const at::Tensor& running_var, const at::Tensor& mean,
-                              const at::Tensor& var, double momentum, int64_t count) {
-  const char* op = "fusedopt::batch_norm_update_stats_";
+                              const at::Tensor& var, std::optional<double> momentum,
+                              const OptTensor& num_batches_tracked, int64_t count) {
+  const auto [m, v] = check_update_stats(running_mean, running_var, mean, var, momentum, num_batches_tracked, count);
   const int64_t C = running_mean.numel();
-  auto check = [&](const at::Tensor& t, const char* name) {
-    TORCH_CHECK_VALUE(t.dim() == 1 && t.numel() == C, op, ": ", name, " should contain ", C, " elements, got shape ",
-                      t.sizes());
-    TORCH_CHECK_TYPE(supported_dtype(t.scalar_type()), op, ": ", name, " must be a floating tensor, got ",
-                     t.scalar_type());
-    TORCH_CHECK_VALUE(t.device().is_cpu(), op, ": ", name, " must be on the CPU here, got ", t.device());
-  };
-  check(running_mean, "running_mean");
-  check(running_var, "running_var");
-  check(mean, "mean");
-  check(var, "var");
-  TORCH_CHECK_VALUE(running_mean.dim() == 1 && running_mean.is_contiguous() && running_var.is_contiguous(), op,
-                    ": running_mean and running_var must be contiguous 1-D tensors");
-  TORCH_CHECK_VALUE(count >= 0, op, ": count must be non-negative, got ", count);
-  const at::Tensor m = mean.to(c10::kDouble).contiguous(), v = var.to(c10::kDouble).contiguous();
+  const double factor = update_factor(momentum.has_value(), momentum.value_or(0.0),
+                                      momentum ? nullptr : num_batches_tracked->data_ptr<int64_t>());
   const double* mp = m.data_ptr<double>();
   const double* vp = v.data_ptr<double>();
   auto update = [&](const at::Tensor& t, bool is_var) {
@@ -168,7 +156,7 @@ void batch_norm_update_stats_(const at::Tensor& running_mean, const at::Tensor& 
       scalar_t* r = t.data_ptr<scalar_t>();
       for (int64_t c = 0; c < C; ++c) {
         const double stat = is_var ? unbiased_var(vp[c], count) : mp[c];
-        r[c] = static_cast<scalar_t>(running_update(static_cast<double>(r[c]), stat, momentum));
+        r[c] = static_cast<scalar_t>(running_update(static_cast<double>(r[c]), stat, factor));
       }
     });
   };

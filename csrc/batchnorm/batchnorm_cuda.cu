@@ -263,10 +263,11 @@ __global__ void elemt_kernel(const T* __restrict__ dy, const T* __restrict__ x, 
 }
 
 template <class R>
-__global__ void update_stats_kernel(R* rm, R* rv, const double* mean, const double* var, int64_t C, double momentum,
-                                    int64_t count) {
+__global__ void update_stats_kernel(R* rm, R* rv, const double* mean, const double* var, int64_t C, bool has_momentum,
+                                    double momentum_value, const int64_t* num_batches_tracked, int64_t count) {
   const int64_t c = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
   if (c >= C) return;
+  const double momentum = update_factor(has_momentum, momentum_value, num_batches_tracked);
   rm[c] = static_cast<R>(running_update(static_cast<double>(rm[c]), mean[c], momentum));
   rv[c] = static_cast<R>(running_update(static_cast<double>(rv[c]), unbiased_var(var[c], count), momentum));
 }
@@ -427,34 +428,18 @@ at::Tensor batch_norm_eval(const at::Tensor& input, const at::Tensor& mean, cons
 }
 
 void batch_norm_update_stats_(const at::Tensor& running_mean, const at::Tensor& running_var, const at::Tensor& mean,
-                              const at::Tensor& var, double momentum, int64_t count) {
-  const char* op = "fusedopt::batch_norm_update_stats_";
+                              const at::Tensor& var, std::optional<double> momentum,
+                              const OptTensor& num_batches_tracked, int64_t count) {
+  const auto [m, v] = check_update_stats(running_mean, running_var, mean, var, momentum, num_batches_tracked, count);
   const int64_t C = running_mean.numel();
-  auto check = [&](const at::Tensor& t, const char* name) {
-    TORCH_CHECK_VALUE(t.dim() == 1 && t.numel() == C, op, ": ", name, " should contain ", C, " elements, got shape ",
-                      t.sizes());
-    TORCH_CHECK_TYPE(supported_dtype(t.scalar_type()), op, ": ", name, " must be a floating tensor, got ",
-                     t.scalar_type());
-    TORCH_CHECK_VALUE(t.device() == running_mean.device(), op, ": ", name, " is on ", t.device(),
-                      " but running_mean is on ", running_mean.device());
-  };
-  check(running_mean, "running_mean");
-  check(running_var, "running_var");
-  check(mean, "mean");
-  check(var, "var");
-  TORCH_CHECK_VALUE(running_mean.is_contiguous() && running_var.is_contiguous(), op,
-                    ": running_mean and running_var must be contiguous 1-D tensors");
-  TORCH_CHECK_TYPE(running_mean.scalar_type() == running_var.scalar_type(), op,
-                   ": running_mean and running_var must have one dtype");
-  TORCH_CHECK_VALUE(count >= 0, op, ": count must be non-negative, got ", count);
   if (C == 0) return;
   const c10::cuda::CUDAGuard guard(running_mean.device());
-  const at::Tensor m = mean.to(c10::kDouble).contiguous(), v = var.to(c10::kDouble).contiguous();
   dispatch_dtype(running_mean.scalar_type(), [&](auto t, auto) {
     using R = decltype(t);
     update_stats_kernel<R><<<blocks_for(C), kBlock, 0, stream()>>>(
         static_cast<R*>(running_mean.data_ptr()), static_cast<R*>(running_var.data_ptr()), m.data_ptr<double>(),
-        v.data_ptr<double>(), C, momentum, count);
+        v.data_ptr<double>(), C, momentum.has_value(), momentum.value_or(0.0),
+        momentum ? nullptr : num_batches_tracked->data_ptr<int64_t>(), count);
     C10_CUDA_KERNEL_LAUNCH_CHECK();
   });
 }

@@ -79,6 +79,11 @@ FO_HD V bn_finish(V y, V residual, bool has_residual, bool relu) {
 FO_HD double running_update(double running, double stat, double momentum) {
   return (1.0 - momentum) * running + momentum * stat;
 }
+// momentum, or with none the cumulative average's 1 / num_batches_tracked (counted
+// already for this batch), as torch's modules do.
+FO_HD double update_factor(bool has_momentum, double momentum, const int64_t* num_batches_tracked) {
+  return has_momentum ? momentum : 1.0 / static_cast<double>(*num_batches_tracked);
+}
 FO_HD double unbiased_var(double var, int64_t count) {
   return count > 1 ? var * static_cast<double>(count) / static_cast<double>(count - 1) : var;
 }

@@ -16,6 +16,7 @@
 #include <array>
 #include <optional>
 #include <tuple>
+#include <utility>
 
 #include "batchnorm_kernels.h"
 
@@ -111,6 +112,42 @@ inline at::Tensor channel_empty(const Prepared& p, c10::ScalarType dt) {
 // Outputs the caller did not ask for (output_mask false) are empty tensors, so that
 // every return is a defined tensor of a shape known in advance.
 inline at::Tensor not_requested(const at::Tensor& like) { return at::empty({0}, like.options()); }
+
+// Checks of batch_norm_update_stats_, the same on every backend. Returns the batch
+// mean and var as contiguous float64 tensors.
+inline std::pair<at::Tensor, at::Tensor> check_update_stats(const at::Tensor& running_mean,
+                                                            const at::Tensor& running_var, const at::Tensor& mean,
+                                                            const at::Tensor& var, std::optional<double> momentum,
+                                                            const OptTensor& num_batches_tracked, int64_t count) {
+  const char* op = "fusedopt::batch_norm_update_stats_";
+  const int64_t C = running_mean.numel();
+  auto check = [&](const at::Tensor& t, const char* name) {
+    TORCH_CHECK_VALUE(t.dim() == 1 && t.numel() == C, op, ": ", name, " should contain ", C, " elements, got shape ",
+                      t.sizes());
+    TORCH_CHECK_TYPE(supported_dtype(t.scalar_type()), op, ": ", name, " must be a floating tensor, got ",
+                     t.scalar_type());
+    TORCH_CHECK_VALUE(t.device() == running_mean.device(), op, ": ", name, " is on ", t.device(),
+                      " but running_mean is on ", running_mean.device());
+  };
+  check(running_mean, "running_mean");
+  check(running_var, "running_var");
+  check(mean, "mean");
+  check(var, "var");
+  TORCH_CHECK_VALUE(running_mean.is_contiguous() && running_var.is_contiguous(), op,
+                    ": running_mean and running_var must be contiguous 1-D tensors");
+  TORCH_CHECK_TYPE(running_mean.scalar_type() == running_var.scalar_type(), op,
+                   ": running_mean and running_var must have one dtype");
+  TORCH_CHECK_VALUE(count >= 0, op, ": count must be non-negative, got ", count);
+  if (!momentum.has_value()) {
+    TORCH_CHECK_VALUE(num_batches_tracked.has_value() && num_batches_tracked->defined(), op,
+                      ": momentum=None (cumulative average) needs num_batches_tracked");
+    const at::Tensor& n = *num_batches_tracked;
+    TORCH_CHECK_VALUE(n.numel() == 1 && n.scalar_type() == c10::kLong && n.device() == running_mean.device(), op,
+                      ": num_batches_tracked must be a one-element int64 tensor on ", running_mean.device(), ", got ",
+                      n.scalar_type(), " of shape ", n.sizes(), " on ", n.device());
+  }
+  return {mean.to(c10::kDouble).contiguous(), var.to(c10::kDouble).contiguous()};
+}
 
 inline void check_eps(double eps, const char* op) {
   TORCH_CHECK_VALUE(eps >= 0.0, op, ": eps must be non-negative, got ", eps);

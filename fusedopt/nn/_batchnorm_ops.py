@@ -40,7 +40,7 @@ def _eval_fake(input, mean, var, weight, bias, residual, relu, eps):
 
 
 @torch.library.register_fake("fusedopt::batch_norm_update_stats_")
-def _update_fake(running_mean, running_var, mean, var, momentum, count):
+def _update_fake(running_mean, running_var, mean, var, momentum, num_batches_tracked, count):
     return None
 
 

@@ -33,9 +33,12 @@ def _empty_batch(input, weight, bias):
     return out
 
 
-def batch_norm_impl(input, running_mean, running_var, weight, bias, residual, relu, training, momentum, eps):
+def batch_norm_impl(input, running_mean, running_var, weight, bias, residual, relu, training, momentum, eps,
+                    num_batches_tracked=None):
     """relu?(batch_norm(input) + residual?) with torch.nn.functional.batch_norm's
-    semantics for statistics and running buffers."""
+    semantics for statistics and running buffers. In training, num_batches_tracked (if
+    given) is counted once the batch passed every check; momentum=None then means the
+    cumulative average, 1 / num_batches_tracked, as in torch's modules."""
     if not isinstance(input, torch.Tensor):
         raise TypeError(f"batch_norm: input must be a tensor, got {type(input).__name__}")
     if input.dim() < 2:
@@ -53,15 +56,23 @@ def batch_norm_impl(input, running_mean, running_var, weight, bias, residual, re
             raise ValueError(f"batch_norm: {name} should contain {c} elements (one per channel of the input) "
                              f"not {t.numel()}")
     if input.numel() == 0:
+        if training and num_batches_tracked is not None:
+            num_batches_tracked.add_(1)  # torch counts an empty batch too
         out = _empty_batch(input, weight, bias)
         if residual is not None:
             out = out + residual
         return torch.relu(out) if relu else out
     if training:
         out, mean, var = ops.batch_norm_train(input, weight, bias, residual, relu, eps)
+        if num_batches_tracked is not None:
+            num_batches_tracked.add_(1)
         if running_mean is not None:
+            if momentum is None and num_batches_tracked is None:
+                momentum = 0.0  # torch's modules: no counter, no cumulative average
             count = input.numel() // input.shape[1]
-            ops.batch_norm_update_stats_(running_mean, running_var, mean.detach(), var.detach(), float(momentum), count)
+            ops.batch_norm_update_stats_(running_mean, running_var, mean.detach(), var.detach(),
+                                         None if momentum is None else float(momentum),
+                                         num_batches_tracked if momentum is None else None, count)
         return out
     if running_mean is None:
         raise RuntimeError("batch_norm: running_mean must be defined in evaluation mode")
@@ -75,14 +86,9 @@ class _FusedBatchNormMixin:
 
     def forward(self, input, residual=None):
         self._check_input_dim(input)
-        if self.momentum is None:
-            factor = 0.0
-        else:
-            factor = self.momentum
-        if self.training and self.track_running_stats and self.num_batches_tracked is not None:
-            self.num_batches_tracked.add_(1)
-            if self.momentum is None:  # cumulative moving average, as torch
-                factor = 1.0 / float(self.num_batches_tracked)
+        # Counted inside batch_norm_impl, after the input passed its checks (torch counts
+        # first, so a rejected batch still moves its counter).
+        counter = self.num_batches_tracked if self.training and self.track_running_stats else None
         if self.training:
             bn_training = True
         else:
@@ -90,7 +96,7 @@ class _FusedBatchNormMixin:
         track = not self.training or self.track_running_stats
         return batch_norm_impl(
             input, self.running_mean if track else None, self.running_var if track else None, self.weight, self.bias,
-            residual, self._fused_relu, bn_training, factor, self.eps,
+            residual, self._fused_relu, bn_training, self.momentum, self.eps, counter,
         )
 
     @classmethod

@@ -57,7 +57,7 @@ class _SyncBatchNormFunction(torch.autograd.Function):
         gvar = gm2 / n.clamp_min(1)
         gmean, gvar = gmean.to(mean.dtype), gvar.to(mean.dtype)
         if running_mean is not None and total > 0:
-            ops.batch_norm_update_stats_(running_mean, running_var, gmean, gvar, float(momentum), total)
+            ops.batch_norm_update_stats_(running_mean, running_var, gmean, gvar, float(momentum), None, total)
         ctx.eps, ctx.total, ctx.process_group = eps, total, process_group
         ctx.save_for_backward(input, weight, gmean, gvar)
         if count == 0:
@@ -110,10 +110,6 @@ class SyncBatchNorm(_FusedBatchNormMixin, nn.modules.batchnorm._BatchNorm):
     def forward(self, input):
         self._check_input_dim(input)
         self._check_non_zero_input_channels(input)
-        factor = 0.0 if self.momentum is None else self.momentum
-        if self.training and self.track_running_stats:
-            self.num_batches_tracked.add_(1)
-            factor = 1.0 / self.num_batches_tracked.item() if self.momentum is None else self.momentum
         bn_training = self.training or (self.running_mean is None and self.running_var is None)
         track = not self.training or self.track_running_stats
         running_mean = self.running_mean if track else None
@@ -123,9 +119,16 @@ class SyncBatchNorm(_FusedBatchNormMixin, nn.modules.batchnorm._BatchNorm):
             process_group = self.process_group if self.process_group is not None else dist.group.WORLD
             world_size = dist.get_world_size(process_group)
             need_sync = world_size > 1
+        counter = self.num_batches_tracked if self.training and self.track_running_stats else None
         if not need_sync:
             return batch_norm_impl(input, running_mean, running_var, self.weight, self.bias, None, False, bn_training,
-                                   factor, self.eps)
+                                   self.momentum, self.eps, counter)
+        # The synced path reads the counter on the host (it talks to other ranks anyway).
+        factor = 0.0 if self.momentum is None else self.momentum
+        if counter is not None:
+            counter.add_(1)
+            if self.momentum is None:
+                factor = 1.0 / counter.item()
         return _SyncBatchNormFunction.apply(input, self.weight, self.bias, running_mean, running_var, self.eps, factor,
                                             process_group, world_size)
 

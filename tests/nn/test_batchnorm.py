@@ -291,9 +291,16 @@ def test_update_stats_op_matches_reference():
     rm, rv = torch.randn(5), torch.rand(5) + 0.5
     mean, var = torch.randn(5), torch.rand(5)
     rm2, rv2 = rm.clone(), rv.clone()
-    ops.batch_norm_update_stats_(rm2, rv2, mean, var, 0.25, 7)
+    ops.batch_norm_update_stats_(rm2, rv2, mean, var, 0.25, None, 7)
     torch.testing.assert_close(rm2, 0.75 * rm + 0.25 * mean)
     torch.testing.assert_close(rv2, 0.75 * rv + 0.25 * var * 7 / 6)
+    # momentum=None: the cumulative average, momentum 1 / num_batches_tracked
+    rm3, rv3 = rm.clone(), rv.clone()
+    ops.batch_norm_update_stats_(rm3, rv3, mean, var, None, torch.tensor(4), 7)
+    torch.testing.assert_close(rm3, 0.75 * rm + 0.25 * mean)
+    torch.testing.assert_close(rv3, 0.75 * rv + 0.25 * var * 7 / 6)
+    with pytest.raises(ValueError, match="momentum=None.*num_batches_tracked"):
+        ops.batch_norm_update_stats_(rm3, rv3, mean, var, None, None, 7)
 
 
 def test_zero_size_batch_matches_torch():
@@ -415,7 +422,8 @@ def _opcheck_cases():
         (ops.batch_norm_train, (xcl, None, None, None, False, 1e-3)),
         (ops.batch_norm_eval, (x, mean, var, w, b, None, False, 1e-5)),
         (ops.batch_norm_eval, (xcl, mean, var, w, b, z, True, 1e-5)),
-        (ops.batch_norm_update_stats_, (torch.randn(4), torch.rand(4), mean, var, 0.1, 30)),
+        (ops.batch_norm_update_stats_, (torch.randn(4), torch.rand(4), mean, var, 0.1, None, 30)),
+        (ops.batch_norm_update_stats_, (torch.randn(4), torch.rand(4), mean, var, None, torch.tensor(3), 30)),
         (ops.batch_norm_backward, (dy, x.detach(), w.detach(), mean, var, out, True, True, 1e-5, [True, True, True, True])),
         (ops.batch_norm_backward, (dy, xcl, None, mean, var, None, False, False, 1e-5, [True, False, True, False])),
         (ops.batch_norm_stats, (xcl,)),
