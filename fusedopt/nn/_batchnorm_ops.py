@@ -7,6 +7,8 @@ that is not fused on purpose.
 """
 import torch
 
+from ._checks import same_device
+
 ops = torch.ops.fusedopt
 
 
@@ -30,22 +32,27 @@ def _channels(input, dtype):
 
 @torch.library.register_fake("fusedopt::batch_norm_train")
 def _train_fake(input, weight, bias, residual, relu, eps):
+    same_device("batch_norm_train", input, weight=weight, bias=bias, residual=residual)
     acc = _math_dtype(input.dtype)
     return _like_input(input), _channels(input, acc), _channels(input, acc)
 
 
 @torch.library.register_fake("fusedopt::batch_norm_eval")
 def _eval_fake(input, mean, var, weight, bias, residual, relu, eps):
+    same_device("batch_norm_eval", input, mean=mean, var=var, weight=weight, bias=bias, residual=residual)
     return _like_input(input)
 
 
 @torch.library.register_fake("fusedopt::batch_norm_update_stats_")
 def _update_fake(running_mean, running_var, mean, var, momentum, num_batches_tracked, count):
+    same_device("batch_norm_update_stats_", running_mean, running_var=running_var, mean=mean, var=var,
+                num_batches_tracked=num_batches_tracked)
     return None
 
 
 @torch.library.register_fake("fusedopt::batch_norm_backward")
 def _backward_fake(grad_out, input, weight, mean, var, output, relu, training, eps, output_mask):
+    same_device("batch_norm_backward", input, grad_out=grad_out, weight=weight, mean=mean, var=var, output=output)
     pdt = weight.dtype if weight is not None else _math_dtype(input.dtype)
     gi = _like_input(input) if output_mask[0] else input.new_empty((0,))
     gw = _channels(input, pdt) if output_mask[1] else input.new_empty((0,), dtype=mean.dtype)

@@ -14,6 +14,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ._checks import same_device
+
 __all__ = ["DepthwiseConv2d", "DepthwiseSeparableConv2d", "depthwise_conv2d", "depthwise_separable_conv2d"]
 
 _OPS = torch.ops.fusedopt
@@ -46,12 +48,14 @@ def _check(input, weight, stride, padding, dilation):
 
 @torch.library.register_fake("fusedopt::depthwise_conv2d")
 def _depthwise_conv2d_fake(input, weight, bias, stride, padding, dilation):
+    same_device("depthwise_conv2d", input, weight=weight, bias=bias)
     n, o, oh, ow = _check(input, weight, stride, padding, dilation)
     return input.new_empty((n, o, oh, ow)).contiguous(memory_format=_memory_format(input))
 
 
 @torch.library.register_fake("fusedopt::depthwise_conv2d_backward")
 def _depthwise_conv2d_backward_fake(grad_out, input, weight, stride, padding, dilation, output_mask):
+    same_device("depthwise_conv2d_backward", input, grad_out=grad_out, weight=weight)
     _, o, _, _ = _check(input, weight, stride, padding, dilation)
     gi = input.new_empty(input.shape).contiguous(memory_format=_memory_format(input)) if output_mask[0] else input.new_empty((0,))
     gw = weight.new_empty(weight.shape) if output_mask[1] else input.new_empty((0,))
@@ -138,7 +142,7 @@ def depthwise_conv2d(input, weight, bias=None, stride=1, padding=0, dilation=1):
         raise ValueError(f"depthwise_conv2d: weight must have shape (C*M, 1, kH, kW), got {tuple(weight.shape)}")
     stride, dilation = _pair(stride, "stride"), _pair(dilation, "dilation")
     pad = _padding4(padding, weight.shape[2:], stride, dilation)
-    return _OPS.depthwise_conv2d(input, weight, bias, stride, pad, dilation)
+    return _conv(input, weight, bias, stride, pad, dilation)
 
 
 def depthwise_separable_conv2d(input, depthwise_weight, pointwise_weight, bias=None, stride=1, padding=0, dilation=1):
@@ -152,8 +156,20 @@ def depthwise_separable_conv2d(input, depthwise_weight, pointwise_weight, bias=N
         pad = _keras_same_padding(input.shape[2:], depthwise_weight.shape[2:], stride, dilation)
     else:
         pad = _padding4(padding, depthwise_weight.shape[2:], stride, dilation)
-    mid = _OPS.depthwise_conv2d(input, depthwise_weight, None, stride, pad, dilation)
+    mid = _conv(input, depthwise_weight, None, stride, pad, dilation)
     return _pointwise(mid, pointwise_weight, bias)
+
+
+def _conv(input, weight, bias, stride, pad, dilation):
+    """The depthwise op, in the autocast dtype when autocast is on for the input's device:
+    torch.autocast runs convolutions in lower precision, but a custom op is on none of
+    its lists, so the cast happens here."""
+    device_type = input.device.type
+    if torch.is_autocast_enabled(device_type):
+        dt = torch.get_autocast_dtype(device_type)
+        input, weight = input.to(dt), weight.to(dt)
+        bias = None if bias is None else bias.to(dt)
+    return _OPS.depthwise_conv2d(input, weight, bias, list(stride), list(pad), list(dilation))
 
 
 def _pointwise(x, weight, bias):
@@ -193,7 +209,7 @@ class DepthwiseConv2d(nn.Conv2d):
             pad = [0, 0, 0, 0]
         else:
             pad = _padding4(self.padding, self.kernel_size, self.stride, self.dilation)
-        return _OPS.depthwise_conv2d(input, self.weight, self.bias, list(self.stride), pad, list(self.dilation))
+        return _conv(input, self.weight, self.bias, self.stride, pad, self.dilation)
 
     @classmethod
     def from_torch(cls, conv):
