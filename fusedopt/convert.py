@@ -18,15 +18,14 @@ def _converters():
 def _depthwise_or_none(conv):
     from . import nn as fnn
 
-    if conv.groups != conv.in_channels or conv.padding_mode != "zeros":
-        return None  # not depthwise, or padded in a way our kernels do not do
+    if conv.groups != conv.in_channels:
+        return None  # not depthwise
     return fnn.DepthwiseConv2d.from_torch(conv)
 
 
 def convert_model(model: nn.Module) -> nn.Module:
     """Replaces, in place, every nn.BatchNorm1d/2d/3d with fusedopt.nn.BatchNorm1d/2d/3d
-    and every depthwise nn.Conv2d (groups == in_channels, zero padding) with
-    fusedopt.nn.DepthwiseConv2d, keeping parameters, buffers, training mode, device and
+    and every depthwise nn.Conv2d (groups == in_channels) with fusedopt.nn.DepthwiseConv2d, keeping parameters, buffers, training mode, device and
     dtype. Returns the model (or the replacement, if the model itself is such a layer)."""
     convert = _converters().get(type(model))
     if convert is not None:
