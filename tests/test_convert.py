@@ -52,7 +52,9 @@ def test_convert_model_swaps_layers_and_keeps_everything():
         yo.backward(g)
         torch.testing.assert_close(xo.grad, xr.grad, rtol=1e-4, atol=1e-4)
         for (name, pr), po in zip(ref.named_parameters(), ours.parameters()):
-            torch.testing.assert_close(po.grad, pr.grad, rtol=1e-4, atol=1e-4, msg=name)
+            # atol: a bias right before a training-mode batch norm has a grad that is zero
+            # in exact arithmetic (the norm's input grad sums to zero), float32 noise here.
+            torch.testing.assert_close(po.grad, pr.grad, rtol=1e-4, atol=5e-4, msg=lambda m: f"{name}: {m}")
             pr.grad = po.grad = None
     for k, v in ref.state_dict().items():  # running stats moved alike in training mode
         torch.testing.assert_close(ours.state_dict()[k], v, rtol=1e-5, atol=1e-6)
