@@ -28,8 +28,12 @@ log "CUDA tests"
 
 log "compute-sanitizer memcheck on a small CUDA subset"
 compute-sanitizer --tool memcheck --error-exitcode 1 "$PY" -m pytest -q -p no:cacheprovider -m cuda \
-  -k "matches_torch_across_options and Adam-amsgrad=True-maximize=False-weight_decay=0.1 or grad_scaler" \
-  tests/optim 2>&1 | tee "$dest/memcheck.txt" | tail -5
+  -k "(matches_torch_across_options and Adam-amsgrad=True-maximize=False-weight_decay=0.1) or grad_scaler or device_parity_with_torch or grid_float32" \
+  tests/optim tests/nn 2>&1 | tee "$dest/memcheck.txt" | tail -5
+
+log "compute-sanitizer racecheck on the kernels with shared memory or reductions"
+compute-sanitizer --tool racecheck --error-exitcode 1 "$PY" -m pytest -q -p no:cacheprovider -m cuda \
+  -k "device_parity_with_torch or grid_float32" tests/nn 2>&1 | tee "$dest/racecheck.txt" | tail -5
 
 log "benchmarks"
 "$PY" -m benchmarks --device cuda --out "$dest" 2>&1 | tee "$dest/benchmarks.txt" | tail -40
