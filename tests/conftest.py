@@ -1,9 +1,18 @@
 """Shared fixtures: devices (CUDA skipped with a reason where absent) and the CPU
 kernel variants (AVX2 and scalar), so one machine checks both."""
+import os
+
 import pytest
 import torch
+from hypothesis import settings
 
 import fusedopt
+
+# CI replays the same fuzz examples on every run (a failure there is reproducible);
+# local runs draw fresh ones.
+settings.register_profile("ci", derandomize=True, database=None)
+if os.environ.get("CI"):
+    settings.load_profile("ci")
 
 CUDA_SKIP_REASON = (
     "no CUDA device here: the CUDA kernels were compiled but this run did not execute them "

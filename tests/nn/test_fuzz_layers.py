@@ -1,5 +1,6 @@
 """hypothesis fuzzes the layer ops against their float64 references: random shapes,
 layouts, dtypes and options, forward and backward."""
+import pytest
 import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -30,6 +31,28 @@ def _bn_case(draw):
                 seed=draw(st.integers(0, 2**16)), offset=draw(st.sampled_from([0.0, 100.0])))
 
 
+def _close_or_as_good_as_torch(actual, by_torch, ref, dt, what):
+    """Close to the float64 reference; or, where the input dtype itself cannot resolve the
+    answer (a large mean over a tiny spread, in float32), at most twice torch's own error."""
+    tol = TOL[dt]
+    try:
+        torch.testing.assert_close(actual.double(), ref, **tol)
+        return
+    except AssertionError:
+        err = (actual.double() - ref).abs().max().item()
+        err_torch = (by_torch.double() - ref).abs().max().item()
+        assert err <= 2 * err_torch + tol["atol"], f"{what}: error {err:.3g}, torch's {err_torch:.3g}"
+
+
+def _torch_batch_norm(x, rm, rv, w, b, z, relu, kw):
+    """torch's own float32 answer on the same inputs (torch.nn.functional)."""
+    leaves = [None if t is None else t.detach().clone().requires_grad_() for t in (x, w, b, z)]
+    xt, wt, bt, zt = leaves
+    out = torch.nn.functional.batch_norm(xt, rm.clone(), rv.clone(), wt, bt, **kw)
+    out = out + zt if zt is not None else out
+    return (torch.relu(out) if relu else out), leaves
+
+
 @SETTINGS
 @given(_bn_case())
 def test_batch_norm_matches_float64_reference_on_random_inputs(case):
@@ -42,6 +65,10 @@ def test_batch_norm_matches_float64_reference_on_random_inputs(case):
     z = _layout(rnd(*shape).to(dt), case["channels_last"]).requires_grad_() if case["residual"] else None
     rm, rv = rnd(c).to(dt), (rnd(c).abs() + 0.5).to(dt)
     rm0, rv0 = rm.clone(), rv.clone()
+    if case["training"] and x.numel() // c == 1:  # torch's error for one value per channel
+        with pytest.raises(ValueError, match="Expected more than 1 value per channel"):
+            F.batch_norm(x, rm, rv, w, b, training=True)
+        return
     fn = F.batch_norm_relu if case["relu"] or z is not None else None
     kw = dict(training=case["training"], momentum=case["momentum"], eps=case["eps"])
     if fn is None:
@@ -55,7 +82,8 @@ def test_batch_norm_matches_float64_reference_on_random_inputs(case):
     assert out.shape == x.shape and out.dtype == dt
     if case["channels_last"] and x.dim() >= 4 and c > 1:
         assert out.stride() == x.stride()
-    torch.testing.assert_close(out.double(), ref_out, **TOL[dt])
+    by_torch, torch_leaves = _torch_batch_norm(x, rm0, rv0, w, b, z, case["relu"], kw)
+    _close_or_as_good_as_torch(out, by_torch, ref_out, dt, "out")
     if case["training"]:
         torch.testing.assert_close(rm.double(), ref_rm, **TOL[dt])
         torch.testing.assert_close(rv.double(), ref_rv, **TOL[dt])
@@ -65,12 +93,11 @@ def test_batch_norm_matches_float64_reference_on_random_inputs(case):
     out.backward(dy)
     gx, gw, gb, gz = reference.batch_norm_backward(dy, x.detach(), w, case["training"], case["eps"], rm0, rv0,
                                                    out=ref_out if case["relu"] else None)
-    torch.testing.assert_close(x.grad.double(), gx, **TOL[dt])
-    if w is not None:
-        torch.testing.assert_close(w.grad.double(), gw, **TOL[dt])
-        torch.testing.assert_close(b.grad.double(), gb, **TOL[dt])
-    if z is not None:
-        torch.testing.assert_close(z.grad.double(), gz, **TOL[dt])
+    by_torch.backward(dy)
+    for name, ours, theirs, ref in zip(("x", "weight", "bias", "residual"), (x, w, b, z), torch_leaves,
+                                       (gx, gw, gb, gz)):
+        if ours is not None:
+            _close_or_as_good_as_torch(ours.grad, theirs.grad, ref, dt, f"grad of {name}")
 
 
 @st.composite
@@ -101,7 +128,8 @@ def test_depthwise_conv_matches_float64_reference_on_random_inputs(case):
     out = F.depthwise_conv2d(x, wt, b, **geo)
     ref = reference.depthwise.depthwise_conv2d(x.detach(), wt.detach(), None if b is None else b.detach(), **geo)
     assert out.shape == ref.shape and out.dtype == dt
-    if case["channels_last"] and case["c"] > 1 and out.shape[2] * out.shape[3] > 1:  # else the layout is ambiguous
+    unambiguous = case["c"] > 1 and case["h"] * case["w"] > 1 and out.shape[2] * out.shape[3] > 1
+    if case["channels_last"] and unambiguous:  # else channels_last and NCHW are the same strides
         assert out.is_contiguous(memory_format=torch.channels_last)
     torch.testing.assert_close(out.double(), ref, **TOL[dt])
     dy = rnd(*out.shape)
