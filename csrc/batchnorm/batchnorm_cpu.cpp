@@ -8,12 +8,20 @@
 #include <vector>
 
 #include "../common/cpu_features.h"
+#include "../common/cpu_memory.h"
 #include "batchnorm_math.h"
 #include "batchnorm_ops.h"
 
 namespace fusedopt {
 namespace batchnorm {
 namespace {
+
+// An output the kernels will write in full, fresh pages advised to be huge (cpu_memory.h).
+at::Tensor fresh_output(const Prepared& p) {
+  at::Tensor t = empty_output(p);
+  advise_huge_pages(t);
+  return t;
+}
 
 bool use_avx2() { return cpu_simd() == CpuSimd::Avx2; }
 
@@ -94,7 +102,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> batch_norm_train(const at::Tensor
   const OptTensor w = channel_param(weight, p, op, "weight");
   const OptTensor b = channel_param(bias, p, op, "bias");
   const OptTensor r = residual_like(residual, p, op);
-  at::Tensor y = empty_output(p);
+  at::Tensor y = fresh_output(p);
   at::Tensor mean = channel_empty(p, p.acc), var = channel_empty(p, p.acc);
   if (p.g.C == 0) return {y, mean, var};
   if (p.g.count() == 0) {  // no values: statistics are NaN, as torch's
@@ -136,7 +144,7 @@ at::Tensor batch_norm_eval(const at::Tensor& input, const at::Tensor& mean, cons
   const OptTensor w = channel_param(weight, p, op, "weight");
   const OptTensor b = channel_param(bias, p, op, "bias");
   const OptTensor r = residual_like(residual, p, op);
-  at::Tensor y = empty_output(p);
+  at::Tensor y = fresh_output(p);
   if (y.numel() == 0) return y;
   normalise(p, m, v, w, b, r, relu, eps, y);
   return y;
@@ -192,8 +200,8 @@ at::Tensor bwd_coeff_table(const Prepared& p, const at::Tensor& mean, const at::
 at::Tensor backward_core(const Prepared& p, const at::Tensor& dy, const at::Tensor* out, const OptTensor& w,
                          const at::Tensor& mean, const at::Tensor& var, bool training, double eps, double count,
                          double* sum_dy, double* sum_dy_xmu, bool want_dx, bool want_dres, at::Tensor& dres) {
-  at::Tensor dx = want_dx ? empty_output(p) : at::Tensor();
-  if (want_dres) dres = empty_output(p);
+  at::Tensor dx = want_dx ? fresh_output(p) : at::Tensor();
+  if (want_dres) dres = fresh_output(p);
   BwdArgs a;
   a.dtype = p.x.scalar_type();
   a.g = p.g;
@@ -346,7 +354,7 @@ at::Tensor batch_norm_backward_elemt(const at::Tensor& grad_out, const at::Tenso
   TORCH_CHECK_VALUE(count > 0, op, ": count must be positive, got ", count);
   at::Tensor out;
   if (output.has_value() && output->defined()) out = like_input(*output, p, op, "output");
-  at::Tensor dx = empty_output(p);
+  at::Tensor dx = fresh_output(p);
   if (p.x.numel() == 0) return dx;
   // Coefficients from the given (global) sums, then the element pass alone.
   const at::Tensor coeffs =
