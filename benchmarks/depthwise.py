@@ -110,6 +110,7 @@ def run_case(case, timer):
         fns, nbytes, shape = _depthwise_fns(case)
     times = timer(fns, max_seconds=6.0)
     return dict(
-        family="depthwise", op=case["op"], shape=shape, dtype="float32", layout=case["layout"], device=case["device"],
+        family="depthwise", op=case["op"] if case["op"].startswith("separable") else f"depthwise {case['op']}",
+        shape=shape, dtype="float32", layout=case["layout"], device=case["device"],
         times=times, skipped={}, fusedopt="fusedopt", bytes=nbytes,
     )

@@ -79,7 +79,7 @@ def plots(out_dir, rows, scaling, bandwidth):
     written = []
     timed = [r for r in rows if r.get("ratios")]
     if timed:
-        labels = [f"{r['device']} {r['op']} {r['shape']} {r['dtype']} {r['layout']}".replace(" -", "") for r in timed]
+        labels = [_label(r) for r in timed]
         best = [min(r["ratios"].values()) for r in timed]  # against the fastest torch variant
         fig, ax = plt.subplots(figsize=(9, 0.28 * len(timed) + 1.5))
         ax.barh(range(len(timed)), best, color=["tab:green" if b >= 1 else "tab:red" for b in best])
@@ -91,7 +91,7 @@ def plots(out_dir, rows, scaling, bandwidth):
         written.append(_save(fig, out_dir, "speedup.png"))
     with_bw = [r for r in timed if "gbps" in r]
     if with_bw:
-        labels = [f"{r['device']} {r['op']} {r['shape']} {r['dtype']} {r['layout']}".replace(" -", "") for r in with_bw]
+        labels = [_label(r) for r in with_bw]
         fig, ax = plt.subplots(figsize=(9, 0.28 * len(with_bw) + 1.5))
         ax.barh(range(len(with_bw)), [r["gbps"] for r in with_bw], color="tab:blue", label="fusedopt")
         for dev, bw in bandwidth.items():
@@ -118,6 +118,10 @@ def plots(out_dir, rows, scaling, bandwidth):
         ax.set_title("step time against parameter count (many tensors: 1K elements each)")
         written.append(_save(fig, out_dir, "scaling.png"))
     return written
+
+
+def _label(row):
+    return " ".join(str(row[k]) for k in ("device", "op", "shape", "dtype", "layout") if row[k] != "-")
 
 
 def _series_styles(scaling):
