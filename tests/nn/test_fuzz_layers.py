@@ -139,3 +139,58 @@ def test_depthwise_conv_matches_float64_reference_on_random_inputs(case):
     torch.testing.assert_close(wt.grad.double(), gw, **TOL[dt])
     if b is not None:
         torch.testing.assert_close(b.grad.double(), gb, **TOL[dt])
+
+
+@st.composite
+def _sync_case(draw):
+    spatial = draw(st.lists(st.integers(1, 5), min_size=0, max_size=2))
+    return dict(shape=(draw(st.integers(2, 4)), draw(st.integers(1, 5)), *spatial), channels_last=draw(st.booleans()),
+                dtype=draw(st.sampled_from([torch.float32, torch.float64])), relu=draw(st.booleans()),
+                affine=draw(st.booleans()), count_scale=draw(st.sampled_from([1, 3])),
+                momentum=draw(st.sampled_from([None, 0.1, 0.7])), seed=draw(st.integers(0, 2**16)))
+
+
+@SETTINGS
+@given(_sync_case())
+def test_sync_batch_norm_pieces_match_float64_formulas(case):
+    """batch_norm_stats, batch_norm_backward_reduce, batch_norm_backward_elemt and
+    batch_norm_update_stats_ (SyncBatchNorm's building blocks) against the formulas."""
+    ops = torch.ops.fusedopt
+    g = torch.Generator().manual_seed(case["seed"])
+    shape, dt = case["shape"], case["dtype"]
+    c = shape[1]
+    rnd = lambda *s: torch.randn(*s, generator=g, dtype=torch.float64)  # noqa: E731
+    x = _layout(rnd(*shape).to(dt), case["channels_last"])
+    xf = x.double().movedim(1, 0).reshape(c, -1)
+    n = xf.shape[1]
+    mean, var = ops.batch_norm_stats(x)
+    torch.testing.assert_close(mean.double(), xf.mean(1), **TOL[dt])
+    torch.testing.assert_close(var.double(), xf.var(1, unbiased=False), **TOL[dt])
+
+    dy = _layout(rnd(*shape).to(dt), case["channels_last"])
+    out = _layout(rnd(*shape).to(dt), case["channels_last"]) if case["relu"] else None
+    dyf = dy.double().movedim(1, 0).reshape(c, -1)
+    if out is not None:
+        dyf = dyf * (out.double().movedim(1, 0).reshape(c, -1) > 0)
+    sum_dy, sum_dy_xmu = ops.batch_norm_backward_reduce(dy, x, mean, out)
+    xmu = xf - mean.double()[:, None]
+    torch.testing.assert_close(sum_dy.double(), dyf.sum(1), **TOL[dt])
+    torch.testing.assert_close(sum_dy_xmu.double(), (dyf * xmu).sum(1), **TOL[dt])
+
+    # The element pass over a "global" batch count_scale times this one (as across ranks).
+    count, eps = n * case["count_scale"], 1e-5
+    w = (rnd(c) + 1).to(mean.dtype) if case["affine"] else None
+    gx = ops.batch_norm_backward_elemt(dy, x, w, mean, var, out, sum_dy, sum_dy_xmu, float(count), eps)
+    istd = 1 / (var.double() + eps).sqrt()
+    scale = (w.double() if w is not None else torch.ones(c, dtype=torch.float64)) * istd
+    ref = (dyf - (sum_dy.double() / count)[:, None]
+           - xmu * (sum_dy_xmu.double() / count * istd**2)[:, None]) * scale[:, None]
+    torch.testing.assert_close(gx.double().movedim(1, 0).reshape(c, -1), ref, **TOL[dt])
+
+    rm, rv = rnd(c).to(mean.dtype), (rnd(c).abs() + 0.5).to(mean.dtype)
+    rm0, rv0 = rm.double().clone(), rv.double().clone()
+    tracked = torch.tensor(int(case["seed"]) % 7 + 1)
+    ops.batch_norm_update_stats_(rm, rv, mean, var, case["momentum"], tracked if case["momentum"] is None else None, n)
+    m = 1 / tracked.item() if case["momentum"] is None else case["momentum"]
+    torch.testing.assert_close(rm.double(), (1 - m) * rm0 + m * mean.double(), **TOL[dt])
+    torch.testing.assert_close(rv.double(), (1 - m) * rv0 + m * var.double() * n / (n - 1), **TOL[dt])
