@@ -24,6 +24,15 @@ def test_optimizer_ops_opcheck_on_cuda(op):
     torch.library.opcheck(getattr(torch.ops.fusedopt, op).default, _to_cuda(_op_args(op)))
 
 
+def test_adam_op_opcheck_on_cuda():
+    g = torch.Generator().manual_seed(17)
+    r = lambda: [torch.randn(k, generator=g) for k in (5, 130)]  # noqa: E731
+    v = [x.abs() for x in r()]
+    args = (r(), r(), r(), v, [x + 0.1 for x in v], [torch.tensor(3.0), torch.tensor(3.0)],
+            torch.tensor(1e-2, dtype=torch.float64), 0.9, 0.999, 0.01, 1e-8, True, False, True, [], None, None, None)
+    torch.library.opcheck(torch.ops.fusedopt.adam_.default, _to_cuda(args))
+
+
 @pytest.mark.parametrize("i", range(11))
 def test_batch_norm_ops_opcheck_on_cuda(i):
     op, args = _bn_cases()[i]
