@@ -88,28 +88,15 @@ void normalise(const Prepared& p, const at::Tensor& mean, const at::Tensor& var,
   });
 }
 
-OptTensor residual_like(const OptTensor& r, const Prepared& p, const char* op) {
-  if (!r.has_value() || !r->defined()) return std::nullopt;
-  return like_input(*r, p, op, "residual");
-}
-
 std::tuple<at::Tensor, at::Tensor, at::Tensor> batch_norm_train(const at::Tensor& input, const OptTensor& weight,
                                                                  const OptTensor& bias, const OptTensor& residual,
                                                                  bool relu, double eps) {
   const char* op = "fusedopt::batch_norm_train";
   const Prepared p = prepare_input(input, op);
-  check_eps(eps, op);
-  const OptTensor w = channel_param(weight, p, op, "weight");
-  const OptTensor b = channel_param(bias, p, op, "bias");
-  const OptTensor r = residual_like(residual, p, op);
+  const auto [w, b, r] = affine_args(p, weight, bias, residual, eps, op);
   at::Tensor y = fresh_output(p);
   at::Tensor mean = channel_empty(p, p.acc), var = channel_empty(p, p.acc);
-  if (p.g.C == 0) return {y, mean, var};
-  if (p.g.count() == 0) {  // no values: statistics are NaN, as torch's
-    mean.fill_(NAN);
-    var.fill_(NAN);
-    return {y, mean, var};
-  }
+  if (trivial_stats(p, mean, var)) return {y, mean, var};
   if (!p.g.rows) {
     FwdArgs a;
     a.dtype = p.x.scalar_type();
@@ -138,12 +125,9 @@ at::Tensor batch_norm_eval(const at::Tensor& input, const at::Tensor& mean, cons
                            double eps) {
   const char* op = "fusedopt::batch_norm_eval";
   const Prepared p = prepare_input(input, op);
-  check_eps(eps, op);
   const at::Tensor m = channel_param(mean, p, op, "mean");
   const at::Tensor v = channel_param(var, p, op, "var");
-  const OptTensor w = channel_param(weight, p, op, "weight");
-  const OptTensor b = channel_param(bias, p, op, "bias");
-  const OptTensor r = residual_like(residual, p, op);
+  const auto [w, b, r] = affine_args(p, weight, bias, residual, eps, op);
   at::Tensor y = fresh_output(p);
   if (y.numel() == 0) return y;
   normalise(p, m, v, w, b, r, relu, eps, y);
@@ -254,15 +238,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> batch_norm_backward(
     const at::Tensor& var, const OptTensor& output, bool relu, bool training, double eps, std::array<bool, 4> mask) {
   const char* op = "fusedopt::batch_norm_backward";
   const Prepared p = prepare_input(input, op);
-  check_eps(eps, op);
-  const at::Tensor dy = like_input(grad_out, p, op, "grad_out");
-  const OptTensor w = channel_param(weight, p, op, "weight");
-  const at::Tensor m = channel_param(mean, p, op, "mean");
-  const at::Tensor v = channel_param(var, p, op, "var");
-  TORCH_CHECK_VALUE(!relu || (output.has_value() && output->defined()), op,
-                    ": relu=True needs the forward output (the relu mask is recomputed from it)");
-  at::Tensor out;
-  if (relu) out = like_input(*output, p, op, "output");
+  const auto [dy, m, v, out, w] = grad_args(p, grad_out, weight, mean, var, output, relu, eps, op);
   const bool want_sums = mask[1] || mask[2];
   at::Tensor sums = at::empty({2, p.g.C}, m.options().dtype(c10::kDouble));
   double* sum_dy = want_sums ? sums.data_ptr<double>() : nullptr;
@@ -295,12 +271,7 @@ std::tuple<at::Tensor, at::Tensor> batch_norm_stats(const at::Tensor& input) {
   const char* op = "fusedopt::batch_norm_stats";
   const Prepared p = prepare_input(input, op);
   at::Tensor mean = channel_empty(p, p.acc), var = channel_empty(p, p.acc);
-  if (p.g.C == 0) return {mean, var};
-  if (p.g.count() == 0) {
-    mean.fill_(NAN);
-    var.fill_(NAN);
-    return {mean, var};
-  }
+  if (trivial_stats(p, mean, var)) return {mean, var};
   Stats s(p.g.C);
   local_stats(p, s);
   write_stats(p, s, mean, var);
@@ -313,8 +284,7 @@ std::tuple<at::Tensor, at::Tensor> batch_norm_backward_reduce(const at::Tensor& 
   const Prepared p = prepare_input(input, op);
   const at::Tensor dy = like_input(grad_out, p, op, "grad_out");
   const at::Tensor m = channel_param(mean, p, op, "mean");
-  at::Tensor out;
-  if (output.has_value() && output->defined()) out = like_input(*output, p, op, "output");
+  const at::Tensor out = output_like(output, p, op);
   // Two separate tensors: outputs of an op must not alias each other.
   at::Tensor sdy = at::zeros({p.g.C}, m.options().dtype(c10::kDouble));
   at::Tensor sdx = at::zeros({p.g.C}, m.options().dtype(c10::kDouble));
@@ -338,22 +308,10 @@ at::Tensor batch_norm_backward_elemt(const at::Tensor& grad_out, const at::Tenso
                                      double eps) {
   const char* op = "fusedopt::batch_norm_backward_elemt";
   const Prepared p = prepare_input(input, op);
-  check_eps(eps, op);
-  const at::Tensor dy = like_input(grad_out, p, op, "grad_out");
-  const OptTensor w = channel_param(weight, p, op, "weight");
-  const at::Tensor m = channel_param(mean, p, op, "mean");
-  const at::Tensor v = channel_param(var, p, op, "var");
-  auto sums = [&](const at::Tensor& t, const char* name) {
-    TORCH_CHECK_VALUE(t.dim() == 1 && t.numel() == p.g.C, op, ": ", name, " should contain ", p.g.C,
-                      " elements, got shape ", t.sizes());
-    TORCH_CHECK_VALUE(t.device() == p.x.device(), op, ": ", name, " is on ", t.device(), " but input is on ",
-                      p.x.device());
-    return t.to(c10::kDouble).contiguous();
-  };
-  at::Tensor sd = sums(sum_dy, "sum_dy"), sx = sums(sum_dy_xmu, "sum_dy_xmu");
+  const auto [dy, m, v, ignored, w] = grad_args(p, grad_out, weight, mean, var, std::nullopt, false, eps, op);
+  const at::Tensor sd = channel_sum(sum_dy, p, op, "sum_dy"), sx = channel_sum(sum_dy_xmu, p, op, "sum_dy_xmu");
   TORCH_CHECK_VALUE(count > 0, op, ": count must be positive, got ", count);
-  at::Tensor out;
-  if (output.has_value() && output->defined()) out = like_input(*output, p, op, "output");
+  const at::Tensor out = output_like(output, p, op);
   at::Tensor dx = fresh_output(p);
   if (p.x.numel() == 0) return dx;
   // Coefficients from the given (global) sums, then the element pass alone.

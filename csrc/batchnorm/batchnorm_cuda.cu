@@ -379,11 +379,6 @@ void elemt_into(const Prepared& p, const at::Tensor& dy, const at::Tensor* out, 
   });
 }
 
-OptTensor residual_like(const OptTensor& r, const Prepared& p, const char* op) {
-  if (!r.has_value() || !r->defined()) return std::nullopt;
-  return like_input(*r, p, op, "residual");
-}
-
 // ---------------------------------------------------------------- ops
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor> batch_norm_train(const at::Tensor& input, const OptTensor& weight,
@@ -391,19 +386,11 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> batch_norm_train(const at::Tensor
                                                                  bool relu, double eps) {
   const char* op = "fusedopt::batch_norm_train";
   const Prepared p = prepare_input(input, op);
-  check_eps(eps, op);
   const c10::cuda::CUDAGuard guard(p.x.device());
-  const OptTensor w = channel_param(weight, p, op, "weight");
-  const OptTensor b = channel_param(bias, p, op, "bias");
-  const OptTensor r = residual_like(residual, p, op);
+  const auto [w, b, r] = affine_args(p, weight, bias, residual, eps, op);
   at::Tensor y = empty_output(p);
   at::Tensor mean = channel_empty(p, p.acc), var = channel_empty(p, p.acc);
-  if (p.g.C == 0) return {y, mean, var};
-  if (p.g.count() == 0) {
-    mean.fill_(NAN);
-    var.fill_(NAN);
-    return {y, mean, var};
-  }
+  if (trivial_stats(p, mean, var)) return {y, mean, var};
   stats_into(p, mean, var);
   normalise(p, mean, var, w, b, r, relu, eps, y);
   return {y, mean, var};
@@ -414,13 +401,10 @@ at::Tensor batch_norm_eval(const at::Tensor& input, const at::Tensor& mean, cons
                            double eps) {
   const char* op = "fusedopt::batch_norm_eval";
   const Prepared p = prepare_input(input, op);
-  check_eps(eps, op);
   const c10::cuda::CUDAGuard guard(p.x.device());
   const at::Tensor m = channel_param(mean, p, op, "mean");
   const at::Tensor v = channel_param(var, p, op, "var");
-  const OptTensor w = channel_param(weight, p, op, "weight");
-  const OptTensor b = channel_param(bias, p, op, "bias");
-  const OptTensor r = residual_like(residual, p, op);
+  const auto [w, b, r] = affine_args(p, weight, bias, residual, eps, op);
   at::Tensor y = empty_output(p);
   if (y.numel() == 0) return y;
   normalise(p, m, v, w, b, r, relu, eps, y);
@@ -449,16 +433,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> batch_norm_backward(
     const at::Tensor& var, const OptTensor& output, bool relu, bool training, double eps, std::array<bool, 4> mask) {
   const char* op = "fusedopt::batch_norm_backward";
   const Prepared p = prepare_input(input, op);
-  check_eps(eps, op);
   const c10::cuda::CUDAGuard guard(p.x.device());
-  const at::Tensor dy = like_input(grad_out, p, op, "grad_out");
-  const OptTensor w = channel_param(weight, p, op, "weight");
-  const at::Tensor m = channel_param(mean, p, op, "mean");
-  const at::Tensor v = channel_param(var, p, op, "var");
-  TORCH_CHECK_VALUE(!relu || (output.has_value() && output->defined()), op,
-                    ": relu=True needs the forward output (the relu mask is recomputed from it)");
-  at::Tensor out;
-  if (relu) out = like_input(*output, p, op, "output");
+  const auto [dy, m, v, out, w] = grad_args(p, grad_out, weight, mean, var, output, relu, eps, op);
   const bool want_sums = training || mask[1] || mask[2];
   at::Tensor sdy = at::zeros({p.g.C}, m.options().dtype(c10::kDouble));
   at::Tensor sdx = at::zeros({p.g.C}, m.options().dtype(c10::kDouble));
@@ -484,12 +460,7 @@ std::tuple<at::Tensor, at::Tensor> batch_norm_stats(const at::Tensor& input) {
   const Prepared p = prepare_input(input, op);
   const c10::cuda::CUDAGuard guard(p.x.device());
   at::Tensor mean = channel_empty(p, p.acc), var = channel_empty(p, p.acc);
-  if (p.g.C == 0) return {mean, var};
-  if (p.g.count() == 0) {
-    mean.fill_(NAN);
-    var.fill_(NAN);
-    return {mean, var};
-  }
+  if (trivial_stats(p, mean, var)) return {mean, var};
   stats_into(p, mean, var);
   return {mean, var};
 }
@@ -501,8 +472,7 @@ std::tuple<at::Tensor, at::Tensor> batch_norm_backward_reduce(const at::Tensor& 
   const c10::cuda::CUDAGuard guard(p.x.device());
   const at::Tensor dy = like_input(grad_out, p, op, "grad_out");
   const at::Tensor m = channel_param(mean, p, op, "mean");
-  at::Tensor out;
-  if (output.has_value() && output->defined()) out = like_input(*output, p, op, "output");
+  const at::Tensor out = output_like(output, p, op);
   at::Tensor sdy = at::zeros({p.g.C}, m.options().dtype(c10::kDouble));
   at::Tensor sdx = at::zeros({p.g.C}, m.options().dtype(c10::kDouble));
   if (p.x.numel() == 0 || p.g.C == 0) return {sdy, sdx};
@@ -516,23 +486,11 @@ at::Tensor batch_norm_backward_elemt(const at::Tensor& grad_out, const at::Tenso
                                      double eps) {
   const char* op = "fusedopt::batch_norm_backward_elemt";
   const Prepared p = prepare_input(input, op);
-  check_eps(eps, op);
   const c10::cuda::CUDAGuard guard(p.x.device());
-  const at::Tensor dy = like_input(grad_out, p, op, "grad_out");
-  const OptTensor w = channel_param(weight, p, op, "weight");
-  const at::Tensor m = channel_param(mean, p, op, "mean");
-  const at::Tensor v = channel_param(var, p, op, "var");
-  auto sums = [&](const at::Tensor& t, const char* name) {
-    TORCH_CHECK_VALUE(t.dim() == 1 && t.numel() == p.g.C, op, ": ", name, " should contain ", p.g.C,
-                      " elements, got shape ", t.sizes());
-    TORCH_CHECK_VALUE(t.device() == p.x.device(), op, ": ", name, " is on ", t.device(), " but input is on ",
-                      p.x.device());
-    return t.to(c10::kDouble).contiguous();
-  };
-  const at::Tensor sd = sums(sum_dy, "sum_dy"), sx = sums(sum_dy_xmu, "sum_dy_xmu");
+  const auto [dy, m, v, ignored, w] = grad_args(p, grad_out, weight, mean, var, std::nullopt, false, eps, op);
+  const at::Tensor sd = channel_sum(sum_dy, p, op, "sum_dy"), sx = channel_sum(sum_dy_xmu, p, op, "sum_dy_xmu");
   TORCH_CHECK_VALUE(count > 0, op, ": count must be positive, got ", count);
-  at::Tensor out;
-  if (output.has_value() && output->defined()) out = like_input(*output, p, op, "output");
+  const at::Tensor out = output_like(output, p, op);
   at::Tensor dx = empty_output(p);
   if (p.x.numel() == 0 || p.g.C == 0) return dx;
   elemt_into(p, dy, out.defined() ? &out : nullptr, w, m, v, sd.data_ptr<double>(), sx.data_ptr<double>(), count, true,

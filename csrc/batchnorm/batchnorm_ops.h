@@ -14,6 +14,7 @@
 #include <c10/util/Exception.h>
 
 #include <array>
+#include <cmath>
 #include <optional>
 #include <tuple>
 #include <utility>
@@ -113,6 +114,64 @@ inline at::Tensor channel_empty(const Prepared& p, c10::ScalarType dt) {
 // every return is a defined tensor of a shape known in advance.
 inline at::Tensor not_requested(const at::Tensor& like) { return at::empty({0}, like.options()); }
 
+inline void check_eps(double eps, const char* op) {
+  TORCH_CHECK_VALUE(eps >= 0.0, op, ": eps must be non-negative, got ", eps);
+}
+
+inline OptTensor residual_like(const OptTensor& r, const Prepared& p, const char* op) {
+  if (!r.has_value() || !r->defined()) return std::nullopt;
+  return like_input(*r, p, op, "residual");
+}
+inline at::Tensor output_like(const OptTensor& out, const Prepared& p, const char* op) {
+  return out.has_value() && out->defined() ? like_input(*out, p, op, "output") : at::Tensor();
+}
+
+// The checked and converted arguments of each op, the same on every backend. Backends
+// call these after prepare_input (the CUDA one under its device guard, since converting
+// a per-channel tensor may launch a kernel) and before writing anything.
+struct AffineArgs {
+  OptTensor w, b, r;  // weight, bias, residual
+};
+inline AffineArgs affine_args(const Prepared& p, const OptTensor& weight, const OptTensor& bias,
+                              const OptTensor& residual, double eps, const char* op) {
+  check_eps(eps, op);
+  return {channel_param(weight, p, op, "weight"), channel_param(bias, p, op, "bias"), residual_like(residual, p, op)};
+}
+
+struct GradArgs {
+  at::Tensor dy, m, v, out;  // grad_out, mean, var (math dtype), output (undefined: no relu mask)
+  OptTensor w;
+};
+inline GradArgs grad_args(const Prepared& p, const at::Tensor& grad_out, const OptTensor& weight,
+                          const at::Tensor& mean, const at::Tensor& var, const OptTensor& output, bool relu,
+                          double eps, const char* op) {
+  check_eps(eps, op);
+  TORCH_CHECK_VALUE(!relu || (output.has_value() && output->defined()), op,
+                    ": relu=True needs the forward output (the relu mask is recomputed from it)");
+  return {like_input(grad_out, p, op, "grad_out"), channel_param(mean, p, op, "mean"),
+          channel_param(var, p, op, "var"), relu ? output_like(output, p, op) : at::Tensor(),
+          channel_param(weight, p, op, "weight")};
+}
+
+// A global per-channel sum handed to batch_norm_backward_elemt, as contiguous float64.
+inline at::Tensor channel_sum(const at::Tensor& t, const Prepared& p, const char* op, const char* name) {
+  TORCH_CHECK_VALUE(t.dim() == 1 && t.numel() == p.g.C, op, ": ", name, " should contain ", p.g.C,
+                    " elements, got shape ", t.sizes());
+  TORCH_CHECK_VALUE(t.device() == p.x.device(), op, ": ", name, " is on ", t.device(), " but input is on ",
+                    p.x.device());
+  return t.to(c10::kDouble).contiguous();
+}
+
+// Statistics of an input without channels or values need no kernel: empty, or NaN as
+// torch's. Returns true when it filled them.
+inline bool trivial_stats(const Prepared& p, at::Tensor& mean, at::Tensor& var) {
+  if (p.g.C == 0) return true;
+  if (p.g.count() != 0) return false;
+  mean.fill_(NAN);
+  var.fill_(NAN);
+  return true;
+}
+
 // Checks of batch_norm_update_stats_, the same on every backend. Returns the batch
 // mean and var as contiguous float64 tensors.
 inline std::pair<at::Tensor, at::Tensor> check_update_stats(const at::Tensor& running_mean,
@@ -149,9 +208,6 @@ inline std::pair<at::Tensor, at::Tensor> check_update_stats(const at::Tensor& ru
   return {mean.to(c10::kDouble).contiguous(), var.to(c10::kDouble).contiguous()};
 }
 
-inline void check_eps(double eps, const char* op) {
-  TORCH_CHECK_VALUE(eps >= 0.0, op, ": eps must be non-negative, got ", eps);
-}
 
 }  // namespace batchnorm
 }  // namespace fusedopt
