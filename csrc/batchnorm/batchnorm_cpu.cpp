@@ -57,6 +57,29 @@ void write_stats(const Prepared& p, const Stats& s, at::Tensor& mean, at::Tensor
   });
 }
 
+// The fields every forward / backward kernel call shares.
+FwdArgs fwd_args(const Prepared& p, at::Tensor& y, const OptTensor& residual, bool relu, void* mean) {
+  FwdArgs a;
+  a.dtype = p.x.scalar_type();
+  a.g = p.g;
+  a.x = p.x.data_ptr();
+  a.y = y.data_ptr();
+  a.residual = ptr_or_null(residual);
+  a.relu = relu;
+  a.mean = mean;
+  return a;
+}
+BwdArgs bwd_args(const Prepared& p, const at::Tensor& dy, const at::Tensor* out, const at::Tensor& mean) {
+  BwdArgs a;
+  a.dtype = p.x.scalar_type();
+  a.g = p.g;
+  a.dy = dy.data_ptr();
+  a.x = p.x.data_ptr();
+  a.out = out && out->defined() ? out->data_ptr() : nullptr;
+  a.mean = mean.data_ptr();
+  return a;
+}
+
 // y = finish((x - mean) * scale + bias) with scale/bias from the statistics and affine.
 void normalise(const Prepared& p, const at::Tensor& mean, const at::Tensor& var, const OptTensor& w, const OptTensor& b,
                const OptTensor& residual, bool relu, double eps, at::Tensor& y) {
@@ -74,14 +97,7 @@ void normalise(const Prepared& p, const at::Tensor& mean, const at::Tensor& var,
       scale[c] = k.scale;
       bias[c] = k.bias;
     }
-    FwdArgs a;
-    a.dtype = p.x.scalar_type();
-    a.g = p.g;
-    a.x = p.x.data_ptr();
-    a.y = y.data_ptr();
-    a.residual = ptr_or_null(residual);
-    a.relu = relu;
-    a.mean = const_cast<S*>(m);
+    FwdArgs a = fwd_args(p, y, residual, relu, const_cast<S*>(m));
     a.scale = scale;
     a.bias = bias;
     (use_avx2() ? avx2::apply : scalar::apply)(a);
@@ -98,14 +114,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> batch_norm_train(const at::Tensor
   at::Tensor mean = channel_empty(p, p.acc), var = channel_empty(p, p.acc);
   if (trivial_stats(p, mean, var)) return {y, mean, var};
   if (!p.g.rows) {
-    FwdArgs a;
-    a.dtype = p.x.scalar_type();
-    a.g = p.g;
-    a.x = p.x.data_ptr();
-    a.y = y.data_ptr();
-    a.residual = ptr_or_null(r);
-    a.relu = relu;
-    a.mean = mean.data_ptr();
+    FwdArgs a = fwd_args(p, y, r, relu, mean.data_ptr());
     a.var = var.data_ptr();
     a.weight_in = ptr_or_null(w);
     a.bias_in = ptr_or_null(b);
@@ -186,13 +195,7 @@ at::Tensor backward_core(const Prepared& p, const at::Tensor& dy, const at::Tens
                          double* sum_dy, double* sum_dy_xmu, bool want_dx, bool want_dres, at::Tensor& dres) {
   at::Tensor dx = want_dx ? fresh_output(p) : at::Tensor();
   if (want_dres) dres = fresh_output(p);
-  BwdArgs a;
-  a.dtype = p.x.scalar_type();
-  a.g = p.g;
-  a.dy = dy.data_ptr();
-  a.x = p.x.data_ptr();
-  a.out = out ? out->data_ptr() : nullptr;
-  a.mean = mean.data_ptr();
+  BwdArgs a = bwd_args(p, dy, out, mean);
   a.var = var.data_ptr();
   a.weight = ptr_or_null(w);
   a.training = training;
@@ -289,13 +292,7 @@ std::tuple<at::Tensor, at::Tensor> batch_norm_backward_reduce(const at::Tensor& 
   at::Tensor sdy = at::zeros({p.g.C}, m.options().dtype(c10::kDouble));
   at::Tensor sdx = at::zeros({p.g.C}, m.options().dtype(c10::kDouble));
   if (p.x.numel() == 0) return {sdy, sdx};
-  BwdArgs a;
-  a.dtype = p.x.scalar_type();
-  a.g = p.g;
-  a.dy = dy.data_ptr();
-  a.x = p.x.data_ptr();
-  a.out = out.defined() ? out.data_ptr() : nullptr;
-  a.mean = m.data_ptr();
+  BwdArgs a = bwd_args(p, dy, &out, m);
   a.sum_dy = sdy.data_ptr<double>();
   a.sum_dy_xmu = sdx.data_ptr<double>();
   (use_avx2() ? avx2::bwd_reduce : scalar::bwd_reduce)(a);
@@ -317,13 +314,7 @@ at::Tensor batch_norm_backward_elemt(const at::Tensor& grad_out, const at::Tenso
   // Coefficients from the given (global) sums, then the element pass alone.
   const at::Tensor coeffs =
       bwd_coeff_table(p, m, v, w, sd.data_ptr<double>(), sx.data_ptr<double>(), count, true, eps);
-  BwdArgs a;
-  a.dtype = p.x.scalar_type();
-  a.g = p.g;
-  a.dy = dy.data_ptr();
-  a.x = p.x.data_ptr();
-  a.out = out.defined() ? out.data_ptr() : nullptr;
-  a.mean = m.data_ptr();
+  BwdArgs a = bwd_args(p, dy, &out, m);
   a.mean_dy = coeffs[0].data_ptr();
   a.k = coeffs[1].data_ptr();
   a.a = coeffs[2].data_ptr();
