@@ -61,12 +61,16 @@ def _depthwise_fns(case):
     if case["layout"] == "channels_last":
         g = g.contiguous(memory_format=torch.channels_last)
 
+    # Grads are dropped before each call (zero_grad(set_to_none=True), torch's default), so
+    # that both sides time the op, not an accumulation into last call's grads.
     def torch_fn():
+        x.grad = weight.grad = None
         y = F.conv2d(x, weight, None, s, 1, 1, c)
         if backward:
             y.backward(g)
 
     def fused_fn():
+        x.grad = weight.grad = None
         y = depthwise_conv2d(x, weight, None, s, 1, 1)
         if backward:
             y.backward(g)
@@ -91,10 +95,15 @@ def _separable_fns(case):
     if case["layout"] == "channels_last":
         g = g.contiguous(memory_format=torch.channels_last)
 
+    def drop_grads():
+        x.grad = dw.grad = pw.grad = b.grad = None
+
     def torch_fn():
+        drop_grads()
         F.conv2d(F.conv2d(x, dw, None, s, 1, 1, c), pw, b).backward(g)
 
     def fused_fn():
+        drop_grads()
         depthwise_separable_conv2d(x, dw, pw, b, s, 1, 1).backward(g)
 
     E = 4

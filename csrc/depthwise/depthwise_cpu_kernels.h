@@ -27,6 +27,26 @@ inline void store_row(const Acc* src, T* dst, int64_t n) {
   for (int64_t i = 0; i < n; ++i) dst[i] = static_cast<T>(src[i]);
 }
 
+// Walks a range a few cache lines per step: planes are a few KiB of separate 4 KiB
+// pages, where the hardware prefetcher does not follow, so the next plane is
+// requested while the current one is computed.
+struct Prefetcher {
+  const char* p = nullptr;
+  const char* end = nullptr;
+  void reset(const void* begin, int64_t bytes) {
+    p = static_cast<const char*>(begin);
+    end = p + (bytes > 0 ? bytes : 0);
+  }
+  void step(int lines) {
+    for (int k = 0; k < lines && p < end; ++k, p += 64) __builtin_prefetch(p, 0, 3);
+  }
+};
+
+// Lines to request per output row so that a plane of `bytes` is covered in `rows` rows.
+inline int prefetch_lines_per_row(int64_t bytes, int64_t rows) {
+  return static_cast<int>(std::min<int64_t>(64, (bytes / 64 + rows) / std::max<int64_t>(1, rows) + 1));
+}
+
 // Runs f(begin, end) over [0, n) in chunks that threads take from a shared counter:
 // a thread slowed by another process (2 shared cores here) takes fewer chunks instead
 // of making every other thread wait at the end. Outputs and partials are indexed by
@@ -121,10 +141,14 @@ void fill_plane(const T* src, const Geom& g, const PlaneLayout& L, Acc* buf) {
   }
 }
 
-// Copies the OH x OW outputs out of the flattened result (row stride Qw).
+// Copies the OH x OW outputs out of the flattened result (row stride Qw), moving the
+// prefetch of the next plane along.
 template <class Acc, class T>
-void store_flat(const Acc* flat, int64_t qw, int64_t rows, int64_t cols, T* dst) {
-  for (int64_t r = 0; r < rows; ++r) store_row(flat + r * qw, dst + r * cols, cols);
+void store_flat(const Acc* flat, int64_t qw, int64_t rows, int64_t cols, T* dst, Prefetcher& pf, int lines) {
+  for (int64_t r = 0; r < rows; ++r) {
+    pf.step(lines);
+    store_row(flat + r * qw, dst + r * cols, cols);
+  }
 }
 
 // dst[p] = init + sum_t w[t] * src[off[t] + p] for p < n (n a multiple of 8). Fixed
@@ -167,16 +191,20 @@ void forward_nchw(const ForwardArgs& a) {
   const PlaneLayout L = plane_layout(g);
   std::vector<int64_t> off(K);
   tap_offsets(g, L, off.data());
+  const int64_t plane_bytes = g.H * g.W * static_cast<int64_t>(sizeof(T));
+  const int lines = prefetch_lines_per_row(plane_bytes, g.M * g.OH);
   parallel_tasks(g.N * g.C, [&](int64_t begin, int64_t end) {
     std::vector<Acc> buf(L.size), res(L.flat);
+    Prefetcher pf;
     for (int64_t p = begin; p < end; ++p) {
       const int64_t n = p / g.C, c = p % g.C;
       fill_plane(in + p * g.H * g.W, g, L, buf.data());
+      pf.reset(in + (p + 1) * g.H * g.W, p + 1 < end ? plane_bytes : 0);
       for (int64_t m = 0; m < g.M; ++m) {
         const int64_t o = c * g.M + m;
         const Acc b = bias ? static_cast<Acc>(bias[o]) : Acc(0);
         correlate_flat<K_>(buf.data(), off.data(), w.data() + o * K, K, b, res.data(), L.flat);
-        store_flat(res.data(), L.Qw, g.OH, g.OW, out + (n * O + o) * g.OH * g.OW);
+        store_flat(res.data(), L.Qw, g.OH, g.OW, out + (n * O + o) * g.OH * g.OW, pf, lines);
       }
     }
   });
@@ -239,18 +267,25 @@ void backward_nchw(const BackwardArgs& a) {
   const int64_t GH = g.H + (g.KH - 1) * g.DH, GW = g.W + (g.KW - 1) * g.DW;
   const int64_t gflat_n = (g.H * GW + 7) / 8 * 8;
   std::vector<int64_t> goff(K);
-  std::vector<Acc> wflip(s1 ? O * K : 0);
   if (s1) {
     for (int64_t i = 0; i < g.KH; ++i)
       for (int64_t j = 0; j < g.KW; ++j) goff[i * g.KW + j] = (g.KH - 1 - i) * g.DH * GW + (g.KW - 1 - j) * g.DW;
   }
 
+  const int64_t in_bytes = g.H * g.W * static_cast<int64_t>(sizeof(T));
+  const int64_t go_bytes = g.M * OHW * static_cast<int64_t>(sizeof(T));
+  const int in_lines = prefetch_lines_per_row(in_bytes, g.H);
+  const int go_lines = prefetch_lines_per_row(go_bytes, g.H);
   parallel_tasks(g.N * g.C, [&](int64_t begin, int64_t end) {
     std::vector<Acc> xbuf(need_part ? L.size : 0), gflat(L.flat, Acc(0)), lanes((K + 1) * 8);
     std::vector<Acc> gbuf(gi ? (s1 ? GH * GW + gflat_n + 8 : L.size) : 0), res(gi && s1 ? gflat_n : 0);
+    Prefetcher pf_in, pf_go;
     for (int64_t p = begin; p < end; ++p) {
       const int64_t n = p / g.C, c = p % g.C;
       if (need_part) fill_plane(in + p * g.H * g.W, g, L, xbuf.data());
+      // The next plane's grad_out (M channels) and input, requested during this one.
+      pf_in.reset(in + (p + 1) * g.H * g.W, need_part && p + 1 < end ? in_bytes : 0);
+      pf_go.reset(go + (p + 1) * g.M * OHW, p + 1 < end ? go_bytes : 0);
       if (gi) std::fill(gbuf.begin(), gbuf.end(), Acc(0));
       for (int64_t m = 0; m < g.M; ++m) {
         const int64_t o = c * g.M + m;
@@ -260,7 +295,11 @@ void backward_nchw(const BackwardArgs& a) {
         if (need_part)
           weight_grad_flat<K_>(xbuf.data(), off.data(), K, gflat.data(), L.flat, part.data() + (n * O + o) * (K + 1),
                                lanes.data());
-        if (!gi) continue;
+        if (!gi) {
+          pf_in.step(1 << 30);  // no rows to spread them over
+          pf_go.step(1 << 30);
+          continue;
+        }
         if (s1) {
           for (int64_t oh = 0; oh < g.OH; ++oh) {
             const int64_t r = oh + GT;
@@ -270,7 +309,11 @@ void backward_nchw(const BackwardArgs& a) {
           }
           const Acc* wo = w.data() + o * K;
           correlate_flat<K_>(gbuf.data(), goff.data(), wo, K, Acc(0), res.data(), gflat_n);
-          store_flat(res.data(), GW, g.H, g.W, gi + p * g.H * g.W);
+          for (int64_t h = 0; h < g.H; ++h) {
+            pf_in.step(in_lines);
+            pf_go.step(go_lines);
+            store_row(res.data() + h * GW, gi + p * g.H * g.W + h * g.W, g.W);
+          }
           continue;
         }
         // Scatter: each tap adds w * grad_out back onto the run it read.
@@ -286,6 +329,8 @@ void backward_nchw(const BackwardArgs& a) {
       if (!gi || s1) continue;
       T* gip = gi + p * g.H * g.W;
       for (int64_t h = 0; h < g.H; ++h) {
+        pf_in.step(in_lines);
+        pf_go.step(go_lines);
         const int64_t r = g.PT + h;
         if (g.SW == 1) {
           store_row(gbuf.data() + buf_index(g, L, r, g.PL), gip + h * g.W, g.W);
