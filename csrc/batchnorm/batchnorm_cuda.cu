@@ -379,136 +379,65 @@ void elemt_into(const Prepared& p, const at::Tensor& dy, const at::Tensor* out, 
   });
 }
 
-// ---------------------------------------------------------------- ops
+// ---------------------------------------------------------------- backend of Ops<> (batchnorm_ops.h)
 
-std::tuple<at::Tensor, at::Tensor, at::Tensor> batch_norm_train(const at::Tensor& input, const OptTensor& weight,
-                                                                 const OptTensor& bias, const OptTensor& residual,
-                                                                 bool relu, double eps) {
-  const char* op = "fusedopt::batch_norm_train";
-  const Prepared p = prepare_input(input, op);
-  const c10::cuda::CUDAGuard guard(p.x.device());
-  const auto [w, b, r] = affine_args(p, weight, bias, residual, eps, op);
-  at::Tensor y = empty_output(p);
-  at::Tensor mean = channel_empty(p, p.acc), var = channel_empty(p, p.acc);
-  if (trivial_stats(p, mean, var)) return {y, mean, var};
-  stats_into(p, mean, var);
-  normalise(p, mean, var, w, b, r, relu, eps, y);
-  return {y, mean, var};
-}
+struct CudaBackend {
+  struct Guard {
+    explicit Guard(const at::Tensor& t) : g(t.device()) {}
+    c10::cuda::CUDAGuard g;
+  };
 
-at::Tensor batch_norm_eval(const at::Tensor& input, const at::Tensor& mean, const at::Tensor& var,
-                           const OptTensor& weight, const OptTensor& bias, const OptTensor& residual, bool relu,
-                           double eps) {
-  const char* op = "fusedopt::batch_norm_eval";
-  const Prepared p = prepare_input(input, op);
-  const c10::cuda::CUDAGuard guard(p.x.device());
-  const at::Tensor m = channel_param(mean, p, op, "mean");
-  const at::Tensor v = channel_param(var, p, op, "var");
-  const auto [w, b, r] = affine_args(p, weight, bias, residual, eps, op);
-  at::Tensor y = empty_output(p);
-  if (y.numel() == 0) return y;
-  normalise(p, m, v, w, b, r, relu, eps, y);
-  return y;
-}
+  static at::Tensor output(const Prepared& p) { return empty_output(p); }
 
-void batch_norm_update_stats_(const at::Tensor& running_mean, const at::Tensor& running_var, const at::Tensor& mean,
-                              const at::Tensor& var, std::optional<double> momentum,
-                              const OptTensor& num_batches_tracked, int64_t count) {
-  const auto [m, v] = check_update_stats(running_mean, running_var, mean, var, momentum, num_batches_tracked, count);
-  const int64_t C = running_mean.numel();
-  if (C == 0) return;
-  const c10::cuda::CUDAGuard guard(running_mean.device());
-  dispatch_dtype(running_mean.scalar_type(), [&](auto t, auto) {
-    using R = decltype(t);
-    update_stats_kernel<R><<<blocks_for(C), kBlock, 0, stream()>>>(
-        static_cast<R*>(running_mean.data_ptr()), static_cast<R*>(running_var.data_ptr()), m.data_ptr<double>(),
-        v.data_ptr<double>(), C, momentum.has_value(), momentum.value_or(0.0),
-        momentum ? nullptr : num_batches_tracked->data_ptr<int64_t>(), count);
-    C10_CUDA_KERNEL_LAUNCH_CHECK();
-  });
-}
+  static void train(const Prepared& p, const AffineArgs& affine, bool relu, double eps, at::Tensor& y,
+                    at::Tensor& mean, at::Tensor& var) {
+    stats_into(p, mean, var);
+    batchnorm::normalise(p, mean, var, affine.w, affine.b, affine.r, relu, eps, y);
+  }
 
-std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> batch_norm_backward(
-    const at::Tensor& grad_out, const at::Tensor& input, const OptTensor& weight, const at::Tensor& mean,
-    const at::Tensor& var, const OptTensor& output, bool relu, bool training, double eps, std::array<bool, 4> mask) {
-  const char* op = "fusedopt::batch_norm_backward";
-  const Prepared p = prepare_input(input, op);
-  const c10::cuda::CUDAGuard guard(p.x.device());
-  const auto [dy, m, v, out, w] = grad_args(p, grad_out, weight, mean, var, output, relu, eps, op);
-  const bool want_sums = training || mask[1] || mask[2];
-  at::Tensor sdy = at::zeros({p.g.C}, m.options().dtype(c10::kDouble));
-  at::Tensor sdx = at::zeros({p.g.C}, m.options().dtype(c10::kDouble));
-  at::Tensor gw64 = at::zeros({p.g.C}, m.options().dtype(c10::kDouble));
-  if (want_sums && p.x.numel() > 0)
-    reduce_into(p, dy, relu ? &out : nullptr, m, sdy.data_ptr<double>(), sdx.data_ptr<double>());
-  at::Tensor dx = mask[0] ? empty_output(p) : at::Tensor();
-  at::Tensor dres = mask[3] ? empty_output(p) : at::Tensor();
-  if (p.g.C > 0)
-    elemt_into(p, dy, relu ? &out : nullptr, w, m, v, sdy.data_ptr<double>(), sdx.data_ptr<double>(),
-               static_cast<double>(p.g.count()), training, eps, gw64.data_ptr<double>(), mask[0] ? &dx : nullptr,
-               mask[3] ? &dres : nullptr);
-  const auto param_dtype = weight.has_value() && weight->defined() ? weight->scalar_type() : p.acc;
-  at::Tensor gw = mask[1] ? gw64.to(param_dtype) : not_requested(m);
-  at::Tensor gb = mask[2] ? sdy.to(param_dtype) : not_requested(m);
-  if (!mask[0]) dx = not_requested(p.x);
-  if (!mask[3]) dres = not_requested(p.x);
-  return {dx, gw, gb, dres};
-}
+  static void normalise(const Prepared& p, const at::Tensor& mean, const at::Tensor& var, const OptTensor& w,
+                        const OptTensor& b, const OptTensor& r, bool relu, double eps, at::Tensor& y) {
+    batchnorm::normalise(p, mean, var, w, b, r, relu, eps, y);
+  }
 
-std::tuple<at::Tensor, at::Tensor> batch_norm_stats(const at::Tensor& input) {
-  const char* op = "fusedopt::batch_norm_stats";
-  const Prepared p = prepare_input(input, op);
-  const c10::cuda::CUDAGuard guard(p.x.device());
-  at::Tensor mean = channel_empty(p, p.acc), var = channel_empty(p, p.acc);
-  if (trivial_stats(p, mean, var)) return {mean, var};
-  stats_into(p, mean, var);
-  return {mean, var};
-}
+  static void stats(const Prepared& p, at::Tensor& mean, at::Tensor& var) { stats_into(p, mean, var); }
 
-std::tuple<at::Tensor, at::Tensor> batch_norm_backward_reduce(const at::Tensor& grad_out, const at::Tensor& input,
-                                                              const at::Tensor& mean, const OptTensor& output) {
-  const char* op = "fusedopt::batch_norm_backward_reduce";
-  const Prepared p = prepare_input(input, op);
-  const c10::cuda::CUDAGuard guard(p.x.device());
-  const at::Tensor dy = like_input(grad_out, p, op, "grad_out");
-  const at::Tensor m = channel_param(mean, p, op, "mean");
-  const at::Tensor out = output_like(output, p, op);
-  at::Tensor sdy = at::zeros({p.g.C}, m.options().dtype(c10::kDouble));
-  at::Tensor sdx = at::zeros({p.g.C}, m.options().dtype(c10::kDouble));
-  if (p.x.numel() == 0 || p.g.C == 0) return {sdy, sdx};
-  reduce_into(p, dy, out.defined() ? &out : nullptr, m, sdy.data_ptr<double>(), sdx.data_ptr<double>());
-  return {sdy, sdx};
-}
+  static void update_stats(const at::Tensor& running_mean, const at::Tensor& running_var, const at::Tensor& m,
+                           const at::Tensor& v, std::optional<double> momentum, const OptTensor& num_batches_tracked,
+                           int64_t count) {
+    const int64_t C = running_mean.numel();
+    dispatch_dtype(running_mean.scalar_type(), [&](auto t, auto) {
+      using R = decltype(t);
+      update_stats_kernel<R><<<blocks_for(C), kBlock, 0, stream()>>>(
+          static_cast<R*>(running_mean.data_ptr()), static_cast<R*>(running_var.data_ptr()), m.data_ptr<double>(),
+          v.data_ptr<double>(), C, momentum.has_value(), momentum.value_or(0.0),
+          momentum ? nullptr : num_batches_tracked->data_ptr<int64_t>(), count);
+      C10_CUDA_KERNEL_LAUNCH_CHECK();
+    });
+  }
 
-at::Tensor batch_norm_backward_elemt(const at::Tensor& grad_out, const at::Tensor& input, const OptTensor& weight,
-                                     const at::Tensor& mean, const at::Tensor& var, const OptTensor& output,
-                                     const at::Tensor& sum_dy, const at::Tensor& sum_dy_xmu, double count,
-                                     double eps) {
-  const char* op = "fusedopt::batch_norm_backward_elemt";
-  const Prepared p = prepare_input(input, op);
-  const c10::cuda::CUDAGuard guard(p.x.device());
-  const auto [dy, m, v, ignored, w] = grad_args(p, grad_out, weight, mean, var, std::nullopt, false, eps, op);
-  const at::Tensor sd = channel_sum(sum_dy, p, op, "sum_dy"), sx = channel_sum(sum_dy_xmu, p, op, "sum_dy_xmu");
-  TORCH_CHECK_VALUE(count > 0, op, ": count must be positive, got ", count);
-  const at::Tensor out = output_like(output, p, op);
-  at::Tensor dx = empty_output(p);
-  if (p.x.numel() == 0 || p.g.C == 0) return dx;
-  elemt_into(p, dy, out.defined() ? &out : nullptr, w, m, v, sd.data_ptr<double>(), sx.data_ptr<double>(), count, true,
-             eps, nullptr, &dx, nullptr);
-  return dx;
-}
+  static void reduce(const Prepared& p, const at::Tensor& dy, const at::Tensor* out, const at::Tensor& mean,
+                     double* sum_dy, double* sum_dy_xmu) {
+    reduce_into(p, dy, out, mean, sum_dy, sum_dy_xmu);
+  }
+
+  static void elemt(const Prepared& p, const at::Tensor& dy, const at::Tensor* out, const OptTensor& w,
+                    const at::Tensor& mean, const at::Tensor& var, const double* sum_dy, const double* sum_dy_xmu,
+                    double count, double eps, at::Tensor& dx) {
+    elemt_into(p, dy, out, w, mean, var, sum_dy, sum_dy_xmu, count, true, eps, nullptr, &dx, nullptr);
+  }
+
+  static void backward(const Prepared& p, const at::Tensor& dy, const at::Tensor* out, const OptTensor& w,
+                       const at::Tensor& mean, const at::Tensor& var, bool training, double eps, bool want_sums,
+                       double* sum_dy, double* sum_dy_xmu, double* gw, at::Tensor* dx, at::Tensor* dres) {
+    if (want_sums) reduce_into(p, dy, out, mean, sum_dy, sum_dy_xmu);
+    elemt_into(p, dy, out, w, mean, var, sum_dy, sum_dy_xmu, static_cast<double>(p.g.count()), training, eps, gw, dx,
+               dres);
+  }
+};
 
 }  // namespace
 }  // namespace batchnorm
 }  // namespace fusedopt
 
-TORCH_LIBRARY_IMPL(fusedopt, CUDA, m) {
-  using namespace fusedopt::batchnorm;
-  m.impl("batch_norm_train", &batch_norm_train);
-  m.impl("batch_norm_eval", &batch_norm_eval);
-  m.impl("batch_norm_update_stats_", &batch_norm_update_stats_);
-  m.impl("batch_norm_backward", &batch_norm_backward);
-  m.impl("batch_norm_stats", &batch_norm_stats);
-  m.impl("batch_norm_backward_reduce", &batch_norm_backward_reduce);
-  m.impl("batch_norm_backward_elemt", &batch_norm_backward_elemt);
-}
+TORCH_LIBRARY_IMPL(fusedopt, CUDA, m) { FO_BATCHNORM_IMPLS(m, fusedopt::batchnorm::CudaBackend); }

@@ -11,6 +11,7 @@
 #include <ATen/core/Tensor.h>
 #include <ATen/ops/empty.h>
 #include <ATen/ops/empty_like.h>
+#include <ATen/ops/zeros.h>
 #include <c10/util/Exception.h>
 
 #include <array>
@@ -208,6 +209,140 @@ inline std::pair<at::Tensor, at::Tensor> check_update_stats(const at::Tensor& ru
   return {mean.to(c10::kDouble).contiguous(), var.to(c10::kDouble).contiguous()};
 }
 
+// The seven ops, written once over a backend B (CpuBackend in batchnorm_cpu.cpp,
+// CudaBackend in batchnorm_cuda.cu): checks and outputs here, kernels there. B has
+//   Guard(tensor)                        the device guard (nothing on the CPU)
+//   output(p)                            a tensor like the prepared input, to be written in full
+//   train(p, affine, relu, eps, y, mean, var)        statistics, then the element pass
+//   normalise(p, mean, var, w, b, r, relu, eps, y)   the element pass from given statistics
+//   stats(p, mean, var)                  statistics alone
+//   update_stats(running_mean, running_var, mean64, var64, momentum, num_batches_tracked, count)
+//   reduce(p, dy, out, mean, sum_dy, sum_dy_xmu)     per-channel backward sums (double[C])
+//   elemt(p, dy, out, w, mean, var, sum_dy, sum_dy_xmu, count, eps, dx)   grad_input from given sums
+//   backward(p, dy, out, w, mean, var, training, eps, want_sums, sum_dy, sum_dy_xmu, gw, dx, dres)
+//                                        sums (when wanted), grad_weight (gw not null) and the
+//                                        element pass (dx / dres not null) of one backward call
+// where out is the forward output for the relu mask, or null.
+template <class B>
+struct Ops {
+  static std::tuple<at::Tensor, at::Tensor, at::Tensor> train(const at::Tensor& input, const OptTensor& weight,
+                                                              const OptTensor& bias, const OptTensor& residual,
+                                                              bool relu, double eps) {
+    const char* op = "fusedopt::batch_norm_train";
+    const Prepared p = prepare_input(input, op);
+    const typename B::Guard guard(p.x);
+    const AffineArgs affine = affine_args(p, weight, bias, residual, eps, op);
+    at::Tensor y = B::output(p);
+    at::Tensor mean = channel_empty(p, p.acc), var = channel_empty(p, p.acc);
+    if (trivial_stats(p, mean, var)) return {y, mean, var};
+    B::train(p, affine, relu, eps, y, mean, var);
+    return {y, mean, var};
+  }
+
+  static at::Tensor eval(const at::Tensor& input, const at::Tensor& mean, const at::Tensor& var,
+                         const OptTensor& weight, const OptTensor& bias, const OptTensor& residual, bool relu,
+                         double eps) {
+    const char* op = "fusedopt::batch_norm_eval";
+    const Prepared p = prepare_input(input, op);
+    const typename B::Guard guard(p.x);
+    const at::Tensor m = channel_param(mean, p, op, "mean");
+    const at::Tensor v = channel_param(var, p, op, "var");
+    const auto [w, b, r] = affine_args(p, weight, bias, residual, eps, op);
+    at::Tensor y = B::output(p);
+    if (y.numel() == 0) return y;
+    B::normalise(p, m, v, w, b, r, relu, eps, y);
+    return y;
+  }
+
+  static void update_stats_(const at::Tensor& running_mean, const at::Tensor& running_var, const at::Tensor& mean,
+                            const at::Tensor& var, std::optional<double> momentum,
+                            const OptTensor& num_batches_tracked, int64_t count) {
+    const auto [m, v] = check_update_stats(running_mean, running_var, mean, var, momentum, num_batches_tracked, count);
+    if (running_mean.numel() == 0) return;
+    const typename B::Guard guard(running_mean);
+    B::update_stats(running_mean, running_var, m, v, momentum, num_batches_tracked, count);
+  }
+
+  static std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> backward(
+      const at::Tensor& grad_out, const at::Tensor& input, const OptTensor& weight, const at::Tensor& mean,
+      const at::Tensor& var, const OptTensor& output, bool relu, bool training, double eps,
+      std::array<bool, 4> mask) {
+    const char* op = "fusedopt::batch_norm_backward";
+    const Prepared p = prepare_input(input, op);
+    const typename B::Guard guard(p.x);
+    const auto [dy, m, v, out, w] = grad_args(p, grad_out, weight, mean, var, output, relu, eps, op);
+    // Separate tensors: outputs of an op must not alias each other.
+    at::Tensor sdy = at::zeros({p.g.C}, m.options().dtype(c10::kDouble));
+    at::Tensor sdx = at::zeros({p.g.C}, m.options().dtype(c10::kDouble));
+    at::Tensor gw64 = at::zeros({p.g.C}, m.options().dtype(c10::kDouble));
+    at::Tensor dx = mask[0] ? B::output(p) : at::Tensor();
+    at::Tensor dres = mask[3] ? B::output(p) : at::Tensor();
+    if (p.g.C > 0 && p.x.numel() > 0)
+      B::backward(p, dy, relu ? &out : nullptr, w, m, v, training, eps, training || mask[1] || mask[2],
+                  sdy.data_ptr<double>(), sdx.data_ptr<double>(), mask[1] ? gw64.data_ptr<double>() : nullptr,
+                  mask[0] ? &dx : nullptr, mask[3] ? &dres : nullptr);
+    const auto param_dtype = weight.has_value() && weight->defined() ? weight->scalar_type() : p.acc;
+    return {mask[0] ? dx : not_requested(p.x), mask[1] ? gw64.to(param_dtype) : not_requested(m),
+            mask[2] ? sdy.to(param_dtype) : not_requested(m), mask[3] ? dres : not_requested(p.x)};
+  }
+
+  // SyncBatchNorm's pieces: local statistics, local backward sums, and the element pass
+  // from (globally reduced) sums.
+  static std::tuple<at::Tensor, at::Tensor> stats(const at::Tensor& input) {
+    const char* op = "fusedopt::batch_norm_stats";
+    const Prepared p = prepare_input(input, op);
+    const typename B::Guard guard(p.x);
+    at::Tensor mean = channel_empty(p, p.acc), var = channel_empty(p, p.acc);
+    if (trivial_stats(p, mean, var)) return {mean, var};
+    B::stats(p, mean, var);
+    return {mean, var};
+  }
+
+  static std::tuple<at::Tensor, at::Tensor> backward_reduce(const at::Tensor& grad_out, const at::Tensor& input,
+                                                            const at::Tensor& mean, const OptTensor& output) {
+    const char* op = "fusedopt::batch_norm_backward_reduce";
+    const Prepared p = prepare_input(input, op);
+    const typename B::Guard guard(p.x);
+    const at::Tensor dy = like_input(grad_out, p, op, "grad_out");
+    const at::Tensor m = channel_param(mean, p, op, "mean");
+    const at::Tensor out = output_like(output, p, op);
+    at::Tensor sdy = at::zeros({p.g.C}, m.options().dtype(c10::kDouble));
+    at::Tensor sdx = at::zeros({p.g.C}, m.options().dtype(c10::kDouble));
+    if (p.x.numel() == 0 || p.g.C == 0) return {sdy, sdx};
+    B::reduce(p, dy, out.defined() ? &out : nullptr, m, sdy.data_ptr<double>(), sdx.data_ptr<double>());
+    return {sdy, sdx};
+  }
+
+  static at::Tensor backward_elemt(const at::Tensor& grad_out, const at::Tensor& input, const OptTensor& weight,
+                                   const at::Tensor& mean, const at::Tensor& var, const OptTensor& output,
+                                   const at::Tensor& sum_dy, const at::Tensor& sum_dy_xmu, double count, double eps) {
+    const char* op = "fusedopt::batch_norm_backward_elemt";
+    const Prepared p = prepare_input(input, op);
+    const typename B::Guard guard(p.x);
+    const auto [dy, m, v, ignored, w] = grad_args(p, grad_out, weight, mean, var, std::nullopt, false, eps, op);
+    const at::Tensor sd = channel_sum(sum_dy, p, op, "sum_dy"), sx = channel_sum(sum_dy_xmu, p, op, "sum_dy_xmu");
+    TORCH_CHECK_VALUE(count > 0, op, ": count must be positive, got ", count);
+    const at::Tensor out = output_like(output, p, op);
+    at::Tensor dx = B::output(p);
+    if (p.x.numel() == 0 || p.g.C == 0) return dx;
+    B::elemt(p, dy, out.defined() ? &out : nullptr, w, m, v, sd.data_ptr<double>(), sx.data_ptr<double>(), count,
+             eps, dx);
+    return dx;
+  }
+};
+
+// Registers Ops<B> for one dispatch key: m.impl of every op name.
+#define FO_BATCHNORM_IMPLS(m, B)                                          \
+  do {                                                                    \
+    using O = ::fusedopt::batchnorm::Ops<B>;                              \
+    (m).impl("batch_norm_train", &O::train);                              \
+    (m).impl("batch_norm_eval", &O::eval);                                \
+    (m).impl("batch_norm_update_stats_", &O::update_stats_);              \
+    (m).impl("batch_norm_backward", &O::backward);                        \
+    (m).impl("batch_norm_stats", &O::stats);                              \
+    (m).impl("batch_norm_backward_reduce", &O::backward_reduce);          \
+    (m).impl("batch_norm_backward_elemt", &O::backward_elemt);            \
+  } while (0)
 
 }  // namespace batchnorm
 }  // namespace fusedopt
