@@ -27,9 +27,15 @@ inline void store_row(const Acc* src, T* dst, int64_t n) {
   for (int64_t i = 0; i < n; ++i) dst[i] = static_cast<T>(src[i]);
 }
 
-// Walks a range a few cache lines per step: planes are a few KiB of separate 4 KiB
-// pages, where the hardware prefetcher does not follow, so the next plane is
-// requested while the current one is computed.
+// Walks a range a few cache lines per step, so that the memory the next task (plane or
+// row) reads, and (step_write) the output lines it writes, are requested while the
+// current one computes. Here a core's own misses, not the memory, limit a walk: the
+// hardware prefetcher stops at each 4 KiB page, and a store to an output line not in
+// cache waits for the line. Measured on (32,144,56,56) float32, 2 threads, with
+// allocations that do not fault (as in a long-running process): NCHW forward 10.5 ms
+// without prefetch, 10.3 with reads only, 8.3 with both; channels_last forward 8.7 ->
+// 6.5 ms, backward 19 -> 13 ms. Small steps: bursts of prefetches stall the loads
+// behind them.
 struct Prefetcher {
   const char* p = nullptr;
   const char* end = nullptr;
@@ -40,12 +46,33 @@ struct Prefetcher {
   void step(int lines) {
     for (int k = 0; k < lines && p < end; ++k, p += 64) __builtin_prefetch(p, 0, 3);
   }
+  // The same for a range about to be written (prefetch for ownership).
+  void step_write(int lines) {
+    for (int k = 0; k < lines && p < end; ++k, p += 64) __builtin_prefetch(p, 1, 3);
+  }
 };
 
 // Lines to request per output row so that a plane of `bytes` is covered in `rows` rows.
 inline int prefetch_lines_per_row(int64_t bytes, int64_t rows) {
   return static_cast<int>(std::min<int64_t>(64, (bytes / 64 + rows) / std::max<int64_t>(1, rows) + 1));
 }
+
+// channels_last: the input rows the next row of work adds and the row it writes,
+// requested over the pixel and channel blocks of the current row.
+struct RowPrefetch {
+  Prefetcher rd, wr;
+  int rd_lines = 0, wr_lines = 0;
+  void reset(const void* in, int64_t in_bytes, const void* out, int64_t out_bytes, int64_t steps) {
+    rd.reset(in, in_bytes);
+    wr.reset(out, out_bytes);
+    rd_lines = prefetch_lines_per_row(in_bytes, steps);
+    wr_lines = prefetch_lines_per_row(out_bytes, steps);
+  }
+  void step() {
+    rd.step(rd_lines);
+    wr.step_write(wr_lines);
+  }
+};
 
 // Runs f(begin, end) over [0, n) in chunks that threads take from a shared counter:
 // a thread slowed by another process (2 shared cores here) takes fewer chunks instead
@@ -144,9 +171,11 @@ void fill_plane(const T* src, const Geom& g, const PlaneLayout& L, Acc* buf) {
 // Copies the OH x OW outputs out of the flattened result (row stride Qw), moving the
 // prefetch of the next plane along.
 template <class Acc, class T>
-void store_flat(const Acc* flat, int64_t qw, int64_t rows, int64_t cols, T* dst, Prefetcher& pf, int lines) {
+void store_flat(const Acc* flat, int64_t qw, int64_t rows, int64_t cols, T* dst, Prefetcher& pf, int lines,
+                Prefetcher& pfw, int wlines) {
   for (int64_t r = 0; r < rows; ++r) {
     pf.step(lines);
+    pfw.step_write(wlines);
     store_row(flat + r * qw, dst + r * cols, cols);
   }
 }
@@ -193,18 +222,21 @@ void forward_nchw(const ForwardArgs& a) {
   tap_offsets(g, L, off.data());
   const int64_t plane_bytes = g.H * g.W * static_cast<int64_t>(sizeof(T));
   const int lines = prefetch_lines_per_row(plane_bytes, g.M * g.OH);
+  const int64_t out_bytes = g.M * g.OH * g.OW * static_cast<int64_t>(sizeof(T));
+  const int wlines = prefetch_lines_per_row(out_bytes, g.M * g.OH);
   parallel_tasks(g.N * g.C, [&](int64_t begin, int64_t end) {
     std::vector<Acc> buf(L.size), res(L.flat);
-    Prefetcher pf;
+    Prefetcher pf, pfw;
     for (int64_t p = begin; p < end; ++p) {
       const int64_t n = p / g.C, c = p % g.C;
       fill_plane(in + p * g.H * g.W, g, L, buf.data());
       pf.reset(in + (p + 1) * g.H * g.W, p + 1 < end ? plane_bytes : 0);
+      pfw.reset(out + (p + 1) * g.M * g.OH * g.OW, p + 1 < end ? out_bytes : 0);
       for (int64_t m = 0; m < g.M; ++m) {
         const int64_t o = c * g.M + m;
         const Acc b = bias ? static_cast<Acc>(bias[o]) : Acc(0);
         correlate_flat<K_>(buf.data(), off.data(), w.data() + o * K, K, b, res.data(), L.flat);
-        store_flat(res.data(), L.Qw, g.OH, g.OW, out + (n * O + o) * g.OH * g.OW, pf, lines);
+        store_flat(res.data(), L.Qw, g.OH, g.OW, out + (n * O + o) * g.OH * g.OW, pf, lines, pfw, wlines);
       }
     }
   });
@@ -279,13 +311,14 @@ void backward_nchw(const BackwardArgs& a) {
   parallel_tasks(g.N * g.C, [&](int64_t begin, int64_t end) {
     std::vector<Acc> xbuf(need_part ? L.size : 0), gflat(L.flat, Acc(0)), lanes((K + 1) * 8);
     std::vector<Acc> gbuf(gi ? (s1 ? GH * GW + gflat_n + 8 : L.size) : 0), res(gi && s1 ? gflat_n : 0);
-    Prefetcher pf_in, pf_go;
+    Prefetcher pf_in, pf_go, pf_gi;
     for (int64_t p = begin; p < end; ++p) {
       const int64_t n = p / g.C, c = p % g.C;
       if (need_part) fill_plane(in + p * g.H * g.W, g, L, xbuf.data());
-      // The next plane's grad_out (M channels) and input, requested during this one.
+      // The next plane's grad_out (M channels) and input, and the grad_input it writes.
       pf_in.reset(in + (p + 1) * g.H * g.W, need_part && p + 1 < end ? in_bytes : 0);
       pf_go.reset(go + (p + 1) * g.M * OHW, p + 1 < end ? go_bytes : 0);
+      if (gi) pf_gi.reset(gi + (p + 1) * g.H * g.W, p + 1 < end ? in_bytes : 0);
       if (gi) std::fill(gbuf.begin(), gbuf.end(), Acc(0));
       for (int64_t m = 0; m < g.M; ++m) {
         const int64_t o = c * g.M + m;
@@ -312,6 +345,7 @@ void backward_nchw(const BackwardArgs& a) {
           for (int64_t h = 0; h < g.H; ++h) {
             pf_in.step(in_lines);
             pf_go.step(go_lines);
+            pf_gi.step_write(in_lines);
             store_row(res.data() + h * GW, gi + p * g.H * g.W + h * g.W, g.W);
           }
           continue;
@@ -331,6 +365,7 @@ void backward_nchw(const BackwardArgs& a) {
       for (int64_t h = 0; h < g.H; ++h) {
         pf_in.step(in_lines);
         pf_go.step(go_lines);
+        pf_gi.step_write(in_lines);
         const int64_t r = g.PT + h;
         if (g.SW == 1) {
           store_row(gbuf.data() + buf_index(g, L, r, g.PL), gip + h * g.W, g.W);
@@ -470,18 +505,24 @@ inline bool uniform_group(const int64_t* tap, const int64_t* off, const int64_t*
   return true;
 }
 
+// How often row_pixels steps its prefetch over a row: once per pixel group and block of
+// 16 channels, a few lines each, as bursts of prefetches stall the loads behind them.
+inline int64_t row_pixel_steps(int64_t npix, int64_t nch) { return (npix + 3) / 4 * std::max<int64_t>(1, nch / 16); }
+
 // A row of npix pixels (tap lists per pixel), nch channels each, written at dst + x * dstep.
 template <class Acc, class T>
 void row_pixels(const Acc* init, const Acc* w, int64_t ldw, const T* src, const int64_t* tap, const int64_t* off,
                 const int64_t* cnt, int64_t npix, int64_t K, int64_t pstep, int64_t nch, int64_t src_div, T* dst,
-                int64_t dstep) {
+                int64_t dstep, RowPrefetch* ahead = nullptr) {
   constexpr int P = 4, B = 16;
   int64_t x = 0;
   while (x < npix) {
     if (src_div == 1 && x + P <= npix && uniform_group(tap, off, cnt, x, P, K, pstep)) {
       int64_t c0 = 0;
-      for (; c0 + B <= nch; c0 += B)
+      for (; c0 + B <= nch; c0 += B) {
+        if (ahead) ahead->step();
         pixels_block<B, P>(init, w, ldw, src, &tap[x * K], &off[x * K], cnt[x], pstep, c0, dst + x * dstep, dstep);
+      }
       if (c0 < nch)
         for (int64_t p = 0; p < P; ++p)
           pixel_block(init, w, ldw, src, &tap[(x + p) * K], &off[(x + p) * K], cnt[x + p], c0, nch - c0, 1,
@@ -489,6 +530,7 @@ void row_pixels(const Acc* init, const Acc* w, int64_t ldw, const T* src, const 
       x += P;
       continue;
     }
+    if (ahead) ahead->step();
     for (int64_t c0 = 0; c0 < nch; c0 += kCB)
       pixel_block(init, w, ldw, src, &tap[x * K], &off[x * K], cnt[x], c0, std::min(kCB, nch - c0), src_div,
                   dst + x * dstep);
@@ -509,15 +551,25 @@ void forward_cl(const ForwardArgs& a) {
     for (int64_t t = 0; t < K; ++t) w[t * O + o] = static_cast<Acc>(wt[o * K + t]);
     if (bias) b[o] = static_cast<Acc>(bias[o]);
   }
+  const int64_t in_row = g.W * g.C, out_row = g.OW * O;
   parallel_tasks(g.N * g.OH, [&](int64_t begin, int64_t end) {
     std::vector<int64_t> tap(K * g.OW), off(K * g.OW), cnt(g.OW);
+    RowPrefetch ahead;
     for (int64_t r = begin; r < end; ++r) {
       const int64_t n = r / g.OH, oh = r % g.OH;
       for (int64_t ow = 0; ow < g.OW; ++ow) cnt[ow] = valid_taps_out(g, n, oh, ow, &tap[ow * K], &off[ow * K]);
+      // The next row reads up to SH input rows this one did not (rows are contiguous).
+      const int64_t nn = (r + 1) / g.OH, noh = (r + 1) % g.OH;
+      const int64_t last = std::min(g.H - 1, tap_source(noh, g.KH - 1, g.SH, g.DH, g.PT));
+      const int64_t first = std::max<int64_t>(0, last - g.SH + 1);
+      const bool more = r + 1 < end && first <= last;
+      ahead.reset(more ? in + (nn * g.H + first) * in_row : nullptr, more ? (last - first + 1) * in_row * sizeof(T) : 0,
+                  r + 1 < end ? out + (r + 1) * out_row : nullptr, r + 1 < end ? out_row * sizeof(T) : 0,
+                  row_pixel_steps(g.OW, O));
       // Pixels outermost: the taps' input pixels are contiguous runs of channels, and
       // neighbouring outputs share most of them in L1 (the weights fit in L1 too).
       row_pixels(b.data(), w.data(), O, in, tap.data(), off.data(), cnt.data(), g.OW, K, g.SW * g.C, O, g.M,
-                 out + r * g.OW * O, O);
+                 out + r * g.OW * O, O, &ahead);
     }
   });
 }
@@ -552,15 +604,23 @@ void backward_cl(const BackwardArgs& a) {
 
   if (gi) {
     // Gather: each input position sums the outputs whose taps read it.
+    const int64_t go_row = g.OW * O, gi_row = g.W * C;
     parallel_tasks(g.N * g.H, [&](int64_t begin, int64_t end) {
       std::vector<int64_t> tap(K * g.W), off(K * g.W), cnt(g.W);
+      RowPrefetch ahead;
       for (int64_t r = begin; r < end; ++r) {
         const int64_t n = r / g.H, ih = r % g.H;
         for (int64_t iw = 0; iw < g.W; ++iw) cnt[iw] = valid_taps_in(g, n, ih, iw, &tap[iw * K], &off[iw * K]);
         if (M == 1) {
+          // The next input row's newest grad_out row (the one its first tap reads) and
+          // its own grad_input row.
+          const int64_t nn = (r + 1) / g.H, noh = r + 1 < end ? tap_target((r + 1) % g.H, 0, g.SH, g.DH, g.PT, g.OH) : -1;
+          ahead.reset(noh >= 0 ? go + (nn * g.OH + noh) * go_row : nullptr, noh >= 0 ? go_row * sizeof(T) : 0,
+                      r + 1 < end ? gi + (r + 1) * gi_row : nullptr, r + 1 < end ? gi_row * sizeof(T) : 0,
+                      row_pixel_steps(g.W, C));
           // Neighbouring inputs read neighbouring outputs (stride 1): O elements apart.
           row_pixels<Acc, T>(nullptr, w.data(), O, go, tap.data(), off.data(), cnt.data(), g.W, K, O, C, 1,
-                             gi + r * g.W * C, C);
+                             gi + r * g.W * C, C, &ahead);
           continue;
         }
         for (int64_t iw = 0; iw < g.W; ++iw) {
@@ -595,12 +655,24 @@ void backward_cl(const BackwardArgs& a) {
     while (hi > lo && tap_source(hi - 1, j, g.SW, g.DW, g.PL) >= g.W) --hi;
     ow_lo[j] = lo, ow_hi[j] = hi;
   }
+  const int64_t steps = (O + kCB - 1) / kCB * K;  // one per channel block and tap
   parallel_tasks(chunks, [&](int64_t begin, int64_t end) {
+    Prefetcher pf_x, pf_g;  // the input rows and the grad_out row the next row adds
     for (int64_t ch = begin; ch < end; ++ch) {
       Acc* P = part.data() + ch * stride;
-      for (int64_t r = ch * rows / chunks; r < (ch + 1) * rows / chunks; ++r) {
+      const int64_t r_end = (ch + 1) * rows / chunks;
+      for (int64_t r = ch * rows / chunks; r < r_end; ++r) {
         const int64_t n = r / g.OH, oh = r % g.OH;
         const T* grow = go + r * g.OW * O;
+        const int64_t nn = (r + 1) / g.OH, noh = (r + 1) % g.OH;
+        const int64_t last = std::min(g.H - 1, tap_source(noh, g.KH - 1, g.SH, g.DH, g.PT));
+        const int64_t first = std::max<int64_t>(0, last - g.SH + 1);
+        const bool more = r + 1 < r_end;
+        const int64_t x_bytes = more && first <= last ? (last - first + 1) * g.W * C * sizeof(T) : 0;
+        const int64_t g_bytes = more ? g.OW * O * sizeof(T) : 0;
+        pf_x.reset(x_bytes ? in + (nn * g.H + first) * g.W * C : nullptr, x_bytes);
+        pf_g.reset(more ? grow + g.OW * O : nullptr, g_bytes);
+        const int x_lines = prefetch_lines_per_row(x_bytes, steps), g_lines = prefetch_lines_per_row(g_bytes, steps);
         for (int64_t o0 = 0; o0 < O; o0 += kCB) {
           const int64_t len = std::min(kCB, O - o0);
           Acc* pb = P + K * O + o0;
@@ -615,6 +687,8 @@ void backward_cl(const BackwardArgs& a) {
             const int64_t ih = tap_source(oh, i, g.SH, g.DH, g.PT);
             if (ih < 0 || ih >= g.H) continue;
             for (int64_t j = 0; j < g.KW; ++j) {
+              pf_x.step(x_lines);
+              pf_g.step(g_lines);
               const int64_t lo = ow_lo[j], hi = ow_hi[j];
               if (lo >= hi) continue;
               const T* srow = in + ((n * g.H + ih) * g.W + tap_source(lo, j, g.SW, g.DW, g.PL)) * C;
