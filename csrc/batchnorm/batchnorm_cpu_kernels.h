@@ -192,6 +192,24 @@ Welford plane_channel_stats(const T* x, const Geom& g, int64_t c) {
   return acc;
 }
 
+// The next plane of this channel in an output, requested for writing as the kernel
+// writes the current one: a store to a line not in cache waits for it, and a plane is
+// a few KiB of its own pages, where the hardware prefetcher stops. Measured about 8%
+// off a (32,64,56,56) forward+backward when allocations do not fault. (Prefetching the
+// planes read, as the depthwise kernels do, measured slower here: a channel's planes
+// are read twice, the second time from L2.)
+template <class T>
+struct OutputAhead {
+  const char* next = nullptr;
+  OutputAhead(const T* out, const Geom& g, int64_t n, int64_t c) {
+    if (n + 1 < g.N) next = reinterpret_cast<const char*>(out + ((n + 1) * g.C + c) * g.inner);
+  }
+  void at(int64_t i) const {  // call at every vector of element offset i
+    constexpr int64_t kLine = 64 / sizeof(T);
+    if (next && i % kLine == 0) __builtin_prefetch(next + i * sizeof(T), 1, 3);
+  }
+};
+
 template <class T, class S>
 void plane_channel_apply(const T* x, T* y, const T* res, bool relu, const Geom& g, int64_t c, S mean, S scale, S bias) {
   using L = Lanes<T>;
@@ -204,8 +222,10 @@ void plane_channel_apply(const T* x, T* y, const T* res, bool relu, const Geom& 
     const T* px = x + off;
     T* py = y + off;
     const T* pr = has_res ? res + off : nullptr;
+    const OutputAhead ahead(y, g, n, c);
     int64_t i = 0;
     for (; i + N <= g.inner; i += N) {
+      ahead.at(i);
       const V v = bn_forward(L::load(px + i), vm, vs, vb);
       L::store(py + i, bn_finish(v, has_res ? L::load(pr + i) : zero, has_res, relu));
     }
@@ -296,8 +316,10 @@ void plane_channel_elemt(const T* dy, const T* x, const T* out, T* dx, T* dres, 
     const T* po = out ? out + off : nullptr;
     T* pdx = dx ? dx + off : nullptr;
     T* pdr = dres ? dres + off : nullptr;
+    const OutputAhead ahead(dx ? dx : dres, g, n, c);
     int64_t i = 0;
     for (; i + N <= g.inner; i += N) {
+      ahead.at(i);
       V d = L::load(pd + i);
       if (po) d = bn_keep_if_pos(L::load(po + i), d);
       if (pdr) L::store(pdr + i, d);
