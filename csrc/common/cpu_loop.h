@@ -57,11 +57,13 @@ inline void elementwise(T* p, T* g, S* s0, S* s1, S* s2, S* master, int64_t n, b
   };
   auto at = [](S* base, int64_t i) { return base ? base + i : nullptr; };
 
-  // Software prefetch, once per cache line, a few lines ahead on the main streams:
-  // measured here to take a single 64M-element Adam step from ~84 to ~69 ms on one
-  // core; neutral on smaller tensors.
+  // Software prefetch, once per cache line, 2 KiB ahead on the main streams. Measured
+  // here (16 x 1M float32, interleaved with torch's fused step): against 512 B ahead,
+  // SGD 0.94x -> 1.03x torch fused, Adagrad 0.97x -> 1.07x, Adam 1.09x -> 1.14x; no
+  // prefetch at all is slower still. Earlier: a single 64M-element Adam step went from
+  // ~84 to ~69 ms on one core with prefetch.
   int64_t i = 0;
-  constexpr int64_t kAhead = 512 / sizeof(S);  // prefetch distance, in elements
+  constexpr int64_t kAhead = 2048 / sizeof(S);  // prefetch distance, in elements
   for (; i + N <= n; i += N) {
     if ((i * static_cast<int64_t>(sizeof(S))) % 64 == 0) {
       __builtin_prefetch(p + i + kAhead, 1);
