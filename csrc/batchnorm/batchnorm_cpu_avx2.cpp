@@ -3,7 +3,6 @@
 #include "../common/cpu_avx2_begin.h"
 #define FO_CPU_NS avx2
 #if FO_HAVE_AVX2_UNIT
-#include "../common/simd_avx2.h"
 namespace fusedopt {
 namespace simd_avx2 {
 // What the batch norm formulas need from the lanes beyond arithmetic (found by
@@ -26,14 +25,6 @@ inline VecD bn_keep_if_pos(VecD out, VecD dy) {
   return VecD(_mm256_and_pd(_mm256_cmp_pd(out.v, _mm256_setzero_pd(), _CMP_GT_OQ), dy.v));
 }
 }  // namespace simd_avx2
-namespace avx2 { using simd_avx2::Lanes; }
-}  // namespace fusedopt
-#else
-// No AVX2 on this target: the portable path under the avx2 name, so that the
-// dispatcher links; best_cpu_simd() never selects it here.
-#include "../common/simd_scalar.h"
-namespace fusedopt {
-namespace avx2 { using simd_scalar::Lanes; }
 }  // namespace fusedopt
 #endif
 #include "batchnorm_cpu_kernels.h"

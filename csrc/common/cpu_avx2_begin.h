@@ -6,6 +6,10 @@
 // instruction set; only code that follows (our kernels and the shared formulas, which
 // have internal linkage) gets AVX2. Sets FO_HAVE_AVX2_UNIT to 0 where the compiler or
 // architecture cannot build it; the dispatcher then never selects it.
+//
+// Brings the unit's Lanes<T> into namespace fusedopt::avx2: the AVX2 lanes, or where
+// the unit cannot be built, the portable ones under the avx2 name so that the
+// dispatcher still links.
 #include <ATen/Parallel.h>
 #include <c10/core/ScalarType.h>
 #include <c10/util/BFloat16.h>
@@ -31,4 +35,16 @@
 #endif
 #else
 #define FO_HAVE_AVX2_UNIT 0
+#endif
+
+#if FO_HAVE_AVX2_UNIT
+#include "simd_avx2.h"
+namespace fusedopt {
+namespace avx2 { using simd_avx2::Lanes; }
+}  // namespace fusedopt
+#else
+#include "simd_scalar.h"
+namespace fusedopt {
+namespace avx2 { using simd_scalar::Lanes; }
+}  // namespace fusedopt
 #endif
