@@ -698,14 +698,28 @@ void train_fused(const FwdArgs& a) {
   });
 }
 
+// The tensor pointers every backward entry reads from BwdArgs, typed.
+template <class T>
+struct BwdView {
+  const T *dy, *x, *out;  // out: the forward output (relu mask), may be null
+  T *dx, *dres;           // may be null
+  const MathOf<T>* mean;
+  explicit BwdView(const BwdArgs& a)
+      : dy(static_cast<const T*>(a.dy)),
+        x(static_cast<const T*>(a.x)),
+        out(static_cast<const T*>(a.out)),
+        dx(static_cast<T*>(a.dx)),
+        dres(static_cast<T*>(a.dres)),
+        mean(static_cast<const MathOf<T>*>(a.mean)) {}
+};
+
 void bwd_reduce(const BwdArgs& a) {
   dispatch(a.dtype, [&](auto t) {
     using T = decltype(t);
     using S = MathOf<T>;
-    const T* dy = static_cast<const T*>(a.dy);
-    const T* x = static_cast<const T*>(a.x);
-    const T* out = static_cast<const T*>(a.out);
-    const S* mean = static_cast<const S*>(a.mean);
+    const BwdView<T> v(a);
+    const T *dy = v.dy, *x = v.x, *out = v.out;
+    const S* mean = v.mean;
     if (a.g.rows) {
       rows_reduce(dy, x, out, a.g, mean, a.sum_dy, a.sum_dy_xmu);
       return;
@@ -720,15 +734,11 @@ void bwd_elemt(const BwdArgs& a) {
   dispatch(a.dtype, [&](auto t) {
     using T = decltype(t);
     using S = MathOf<T>;
-    const T* dy = static_cast<const T*>(a.dy);
-    const T* x = static_cast<const T*>(a.x);
-    const T* out = static_cast<const T*>(a.out);
-    T* dx = static_cast<T*>(a.dx);
-    T* dres = static_cast<T*>(a.dres);
-    const S* mean = static_cast<const S*>(a.mean);
-    const S* mdy = static_cast<const S*>(a.mean_dy);
-    const S* kk = static_cast<const S*>(a.k);
-    const S* aa = static_cast<const S*>(a.a);
+    const BwdView<T> v(a);
+    const T *dy = v.dy, *x = v.x, *out = v.out;
+    T *dx = v.dx, *dres = v.dres;
+    const S *mean = v.mean, *mdy = static_cast<const S*>(a.mean_dy);
+    const S *kk = static_cast<const S*>(a.k), *aa = static_cast<const S*>(a.a);
     if (a.g.rows) {
       rows_elemt(dy, x, out, dx, dres, a.g, mean, mdy, kk, aa);
       return;
@@ -746,14 +756,10 @@ void bwd_fused(const BwdArgs& a) {
   dispatch(a.dtype, [&](auto t) {
     using T = decltype(t);
     using S = MathOf<T>;
-    const T* dy = static_cast<const T*>(a.dy);
-    const T* x = static_cast<const T*>(a.x);
-    const T* out = static_cast<const T*>(a.out);
-    T* dx = static_cast<T*>(a.dx);
-    T* dres = static_cast<T*>(a.dres);
-    const S* mean = static_cast<const S*>(a.mean);
-    const S* var = static_cast<const S*>(a.var);
-    const S* w = static_cast<const S*>(a.weight);
+    const BwdView<T> v(a);
+    const T *dy = v.dy, *x = v.x, *out = v.out;
+    T *dx = v.dx, *dres = v.dres;
+    const S *mean = v.mean, *var = static_cast<const S*>(a.var), *w = static_cast<const S*>(a.weight);
     at::parallel_for(0, a.g.C, 1, [&](int64_t c0, int64_t c1) {
       for (int64_t c = c0; c < c1; ++c) {
         double sdy = 0.0, sdx = 0.0;
