@@ -74,6 +74,23 @@ struct RowPrefetch {
   }
 };
 
+// channels_last: the input rows that output row r + 1 (flattened over the batch) reads
+// and row r did not: up to SH rows, contiguous in memory. Returns the first of them and
+// their byte count (0: none, or r + 1 is not the caller's).
+template <class T>
+inline const T* next_row_inputs(const Geom& g, const T* in, int64_t r, bool has_next, int64_t* bytes) {
+  const int64_t nn = (r + 1) / g.OH, noh = (r + 1) % g.OH;
+  const int64_t last = std::min(g.H - 1, tap_source(noh, g.KH - 1, g.SH, g.DH, g.PT));
+  const int64_t first = std::max<int64_t>(0, last - g.SH + 1);
+  if (!has_next || first > last) {
+    *bytes = 0;
+    return nullptr;
+  }
+  const int64_t row = g.W * g.C;
+  *bytes = (last - first + 1) * row * static_cast<int64_t>(sizeof(T));
+  return in + (nn * g.H + first) * row;
+}
+
 // Runs f(begin, end) over [0, n) in chunks that threads take from a shared counter:
 // a thread slowed by another process (2 shared cores here) takes fewer chunks instead
 // of making every other thread wait at the end. Outputs and partials are indexed by
@@ -587,20 +604,16 @@ void forward_cl(const ForwardArgs& a) {
     for (int64_t t = 0; t < K; ++t) w[t * O + o] = static_cast<Acc>(wt[o * K + t]);
     if (bias) b[o] = static_cast<Acc>(bias[o]);
   }
-  const int64_t in_row = g.W * g.C, out_row = g.OW * O;
+  const int64_t out_row = g.OW * O;
   parallel_tasks(g.N * g.OH, [&](int64_t begin, int64_t end) {
     std::vector<int64_t> tap(K * g.OW), off(K * g.OW), cnt(g.OW);
     RowPrefetch ahead;
     for (int64_t r = begin; r < end; ++r) {
       const int64_t n = r / g.OH, oh = r % g.OH;
       for (int64_t ow = 0; ow < g.OW; ++ow) cnt[ow] = valid_taps_out(g, n, oh, ow, &tap[ow * K], &off[ow * K]);
-      // The next row reads up to SH input rows this one did not (rows are contiguous).
-      const int64_t nn = (r + 1) / g.OH, noh = (r + 1) % g.OH;
-      const int64_t last = std::min(g.H - 1, tap_source(noh, g.KH - 1, g.SH, g.DH, g.PT));
-      const int64_t first = std::max<int64_t>(0, last - g.SH + 1);
-      const bool more = r + 1 < end && first <= last;
-      ahead.reset(more ? in + (nn * g.H + first) * in_row : nullptr, more ? (last - first + 1) * in_row * sizeof(T) : 0,
-                  r + 1 < end ? out + (r + 1) * out_row : nullptr, r + 1 < end ? out_row * sizeof(T) : 0,
+      int64_t in_bytes = 0;
+      const T* next_in = next_row_inputs(g, in, r, r + 1 < end, &in_bytes);
+      ahead.reset(next_in, in_bytes, r + 1 < end ? out + (r + 1) * out_row : nullptr, r + 1 < end ? out_row * sizeof(T) : 0,
                   row_pixel_steps(g.OW, O));
       // Pixels outermost: the taps' input pixels are contiguous runs of channels, and
       // neighbouring outputs share most of them in L1 (the weights fit in L1 too).
@@ -700,13 +713,10 @@ void backward_cl(const BackwardArgs& a) {
       for (int64_t r = ch * rows / chunks; r < r_end; ++r) {
         const int64_t n = r / g.OH, oh = r % g.OH;
         const T* grow = go + r * g.OW * O;
-        const int64_t nn = (r + 1) / g.OH, noh = (r + 1) % g.OH;
-        const int64_t last = std::min(g.H - 1, tap_source(noh, g.KH - 1, g.SH, g.DH, g.PT));
-        const int64_t first = std::max<int64_t>(0, last - g.SH + 1);
         const bool more = r + 1 < r_end;
-        const int64_t x_bytes = more && first <= last ? (last - first + 1) * g.W * C * sizeof(T) : 0;
+        int64_t x_bytes = 0;
+        pf_x.reset(next_row_inputs(g, in, r, more, &x_bytes), x_bytes);
         const int64_t g_bytes = more ? g.OW * O * sizeof(T) : 0;
-        pf_x.reset(x_bytes ? in + (nn * g.H + first) * g.W * C : nullptr, x_bytes);
         pf_g.reset(more ? grow + g.OW * O : nullptr, g_bytes);
         const int x_lines = prefetch_lines_per_row(x_bytes, steps), g_lines = prefetch_lines_per_row(g_bytes, steps);
         for (int64_t o0 = 0; o0 < O; o0 += kCB) {
