@@ -168,6 +168,42 @@ def test_mobilenet_shapes_match_torch(simd):
             check_case(case, torch.float32, "cpu", cl, 2e-5, 2e-5)
 
 
+# The same geometries with depth multiplier 1 and channels a multiple of 8: the CPU
+# kernels' channel-block paths (8 channels per vector, zero-padded block buffers; stride
+# 1 gathers grad_input, other strides and padding beyond the kernel's reach scatter).
+BLOCK_CASES = [(n, 16, h, w, k, s, p, d, 1) for (n, _, h, w, k, s, p, d, _) in CASES] + [
+    (1, 8, 1, 1, 3, 1, 1, 1, 1),
+    (2, 24, 5, 5, 3, 1, 3, 1, 1),  # padding beyond the kernel's reach
+]
+
+
+@pytest.mark.parametrize("channels_last", [False, True], ids=["nchw", "channels_last"])
+@pytest.mark.parametrize("case", BLOCK_CASES, ids=case_id)
+def test_channel_blocks(case, channels_last, simd):
+    check_case(case, torch.float32, "cpu", channels_last, 2e-5, 2e-5)
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.bfloat16, torch.float16])
+@pytest.mark.parametrize("case", [BLOCK_CASES[0], BLOCK_CASES[1], BLOCK_CASES[5], BLOCK_CASES[18]], ids=case_id)
+def test_channel_blocks_dtypes(case, dtype, simd):
+    tol = {torch.float64: 1e-12, torch.bfloat16: 2e-2, torch.float16: 3e-3}[dtype]
+    for cl in (False, True):
+        check_case(case, dtype, "cpu", cl, 2 * tol, tol, bias=dtype != torch.float64)
+
+
+@pytest.mark.parametrize("mask", [(True, False, False), (False, True, False), (False, False, True)])
+@pytest.mark.parametrize("case", [BLOCK_CASES[0], BLOCK_CASES[1]], ids=case_id)
+def test_channel_blocks_some_grads(case, mask):
+    x, w, b, s, p, d = make(case)
+    p4 = pad4(p, w.shape[2:], (d, d))
+    y = OPS.depthwise_conv2d(x, w, b, [s, s], p4, [d, d])
+    g = torch.randn_like(y)
+    full = OPS.depthwise_conv2d_backward(g, x, w, [s, s], p4, [d, d], [True, True, True])
+    some = OPS.depthwise_conv2d_backward(g, x, w, [s, s], p4, [d, d], list(mask))
+    for want, a, e in zip(mask, some, full):
+        assert torch.equal(a, e) if want else a.numel() == 0
+
+
 @pytest.mark.parametrize("channels_last", [False, True], ids=["nchw", "channels_last"])
 @pytest.mark.parametrize("case", [CASES[1], CASES[9], CASES[18]], ids=case_id)
 def test_gradcheck_float64(case, channels_last, device):
