@@ -410,11 +410,46 @@ void forward_blocked(const ForwardArgs& a) {
   });
 }
 
+// Floor division (b > 0).
+inline int64_t floor_div(int64_t a, int64_t b) { return a >= 0 ? a / b : -((-a + b - 1) / b); }
+
+// grad_input of a block by phases, for any stride: the input pixels with the same
+// (ih % SH, iw % SW) take the same taps, and each tap's grad_out moves one pixel per SH
+// input rows and SW input columns. grad_out (oh, ow) is at ((oh + GT) * GW + ow + GL) of
+// gob, zero around it wherever a tap reads outside.
+template <class Acc>
+void input_grad_phases(const Acc* gob, int64_t GT, int64_t GL, int64_t GW, const Geom& g, const Acc* w8, Acc* gib,
+                       int64_t* off, int64_t* tap, RowPrefetch& ahead) {
+  for (int64_t ph = 0; ph < g.SH; ++ph)
+    for (int64_t pw = 0; pw < g.SW; ++pw) {
+      int64_t cnt = 0;
+      for (int64_t i = 0; i < g.KH; ++i) {
+        const int64_t rnum = ph + g.PT - i * g.DH;
+        if (rnum % g.SH != 0) continue;
+        for (int64_t j = 0; j < g.KW; ++j) {
+          const int64_t cnum = pw + g.PL - j * g.DW;
+          if (cnum % g.SW != 0) continue;
+          off[cnt] = ((rnum / g.SH + GT) * GW + cnum / g.SW + GL) * kPB;
+          tap[cnt++] = (i * g.KW + j) * kPB;
+        }
+      }
+      for (int64_t ih = ph, q = 0; ih < g.H; ih += g.SH, ++q) {
+        if (pw == 0) ahead.step();
+        for (int64_t iw = pw, s = 0; iw < g.W; iw += g.SW, ++s) {
+          const Acc* base = gob + (q * GW + s) * kPB;
+          Vec8<Acc> acc = {};
+          for (int64_t t = 0; t < cnt; ++t) acc += load8<Acc>(w8 + tap[t]) * load8<Acc>(base + off[t]);
+          store8<Acc>(gib + (ih * g.W + iw) * kPB, acc);
+        }
+      }
+    }
+}
+
 // grad_input and the grad_weight / grad_bias partials of each channel, into
-// part[(n * C + c) * (K + 1) + t] (null: not asked for). grad_input gathers (a
-// correlation of the zero-padded grad_out with the flipped kernel) at stride 1 with
-// padding within the kernel's reach, and scatters (each tap adds weight * grad_out
-// onto the input it read) otherwise.
+// part[(n * C + c) * (K + 1) + t] (null: not asked for). grad_out goes into a buffer
+// zero-padded wide enough for every tap of every input pixel; at stride 1 with padding
+// within the kernel's reach grad_input is then a correlation with the flipped kernel,
+// otherwise it is gathered by phases.
 template <int KH_, int KW_, class Acc, class T>
 void backward_blocked(const BackwardArgs& a, Acc* part) {
   const Geom& g = a.g;
@@ -425,18 +460,22 @@ void backward_blocked(const BackwardArgs& a, Acc* part) {
   const int64_t K = num_taps(g), HW = g.H * g.W, blocks = g.C / kPB;
   const int64_t Hp = g.H + g.PT + g.PB, Wp = g.W + g.PL + g.PR;
   const int64_t RH = (g.KH - 1) * g.DH, RW = (g.KW - 1) * g.DW;  // the kernel's reach
-  const bool gather = g.SH == 1 && g.SW == 1 && g.PT <= RH && g.PB <= RH && g.PL <= RW && g.PR <= RW;
-  // Gather: grad_out at (RH - PT, RW - PL) of a (H + RH) x (W + RW) buffer. Scatter (and
-  // grad_weight alone): grad_out compact, grad_input in the padded input layout.
-  const int64_t GT = gather ? RH - g.PT : 0, GL = gather ? RW - g.PL : 0;
-  const int64_t GH = gather ? g.H + RH : g.OH, GW = gather ? g.W + RW : g.OW;
+  // grad_out rows the input pixels' taps reach: [oh_lo, oh_hi], columns likewise.
+  const int64_t oh_lo = std::min<int64_t>(0, floor_div(g.PT - RH, g.SH));
+  const int64_t oh_hi = std::max(g.OH - 1, floor_div(g.H - 1 + g.PT, g.SH));
+  const int64_t ow_lo = std::min<int64_t>(0, floor_div(g.PL - RW, g.SW));
+  const int64_t ow_hi = std::max(g.OW - 1, floor_div(g.W - 1 + g.PL, g.SW));
+  const int64_t GT = -oh_lo, GL = -ow_lo, GH = oh_hi - oh_lo + 1, GW = ow_hi - ow_lo + 1;
+  const bool flip = g.SH == 1 && g.SW == 1 && g.PT <= RH && g.PB <= RH && g.PL <= RW && g.PR <= RW;
   const BlockGeom fwd{g.OH, g.OW, g.KH, g.KW, g.SH, g.SW, g.DH, g.DW, Wp};
+  // Flipped correlation: input (ih, iw) tap (i, j) reads buffer (ih + i*DH, iw + j*DW).
   const BlockGeom flipped{g.H, g.W, g.KH, g.KW, 1, 1, g.DH, g.DW, GW};
   parallel_tasks(g.N * blocks, [&](int64_t begin, int64_t end) {
     std::vector<Acc> xb(part ? Hp * Wp * kPB : 0, Acc(0)), gob(GH * GW * kPB, Acc(0));
-    std::vector<Acc> gib(gi.data ? (gather ? HW : Hp * Wp) * kPB : 0), w8(K * kPB), b8(kPB), pw((K + 1) * kPB);
+    std::vector<Acc> gib(gi.data ? HW * kPB : 0), w8(K * kPB), b8(kPB), pw((K + 1) * kPB);
+    std::vector<int64_t> off(K), tap(K);
     RowPrefetch ahead;  // the next block's grad_out, input and grad_input
-    const int64_t steps = (part ? g.OH : 0) + (gi.data ? (gather ? g.H : g.OH) : 0);
+    const int64_t steps = (part ? g.OH : 0) + (gi.data ? g.H : 0);
     for (int64_t blk = begin; blk < end; ++blk) {
       const int64_t n = blk / blocks, c0 = blk % blocks * kPB;
       const bool more = blk + 1 < end;
@@ -451,26 +490,15 @@ void backward_blocked(const BackwardArgs& a, Acc* part) {
           for (int64_t t = 0; t <= K; ++t) part[(n * g.C + c0 + k) * (K + 1) + t] = pw[t * kPB + k];
       }
       if (!gi.data) continue;
-      block_weights(wt, static_cast<const T*>(nullptr), c0, K, gather, w8.data(), b8.data());
-      if (gather) {
+      block_weights(wt, static_cast<const T*>(nullptr), c0, K, flip, w8.data(), b8.data());
+      if (flip) {
+        // Input (ih, iw) tap i' = KH-1-i reads buffer row ih + i'*DH, which holds grad_out
+        // row ih + PT - i*DH: the flipped kernel over the buffer from (GT - (RH - PT)) = 0.
         correlate_block<KH_, KW_>(gob.data(), flipped, w8.data(), b8.data(), gib.data(), &ahead);
-        gi.write(gib.data(), g.W, 0, 0, n, c0);
-        continue;
+      } else {
+        input_grad_phases(gob.data(), GT, GL, GW, g, w8.data(), gib.data(), off.data(), tap.data(), ahead);
       }
-      std::fill(gib.begin(), gib.end(), Acc(0));
-      for (int64_t oh = 0; oh < g.OH; ++oh) {
-        ahead.step();
-        for (int64_t ow = 0; ow < g.OW; ++ow) {
-          const Vec8<Acc> gv = load8<Acc>(gob.data() + (oh * g.OW + ow) * kPB);
-          Acc* d = gib.data() + (oh * g.SH * Wp + ow * g.SW) * kPB;
-          for (int64_t i = 0; i < g.KH; ++i)
-            for (int64_t j = 0; j < g.KW; ++j) {
-              Acc* dt = d + (i * g.DH * Wp + j * g.DW) * kPB;
-              store8<Acc>(dt, load8<Acc>(dt) + load8<Acc>(w8.data() + (i * g.KW + j) * kPB) * gv);
-            }
-        }
-      }
-      gi.write(gib.data(), Wp, g.PT, g.PL, n, c0);
+      gi.write(gib.data(), g.W, 0, 0, n, c0);
     }
   });
 }
