@@ -11,9 +11,13 @@ Bytes moved by fusedopt's kernels per call (the model behind GB/s), E = element 
                      channels_last: separate grad_input and grad_weight passes read
                            grad_out twice -> (in + out) + (2 * out + in + in)
   Weights, partials and per-plane scratch buffers (cache-resident) are not counted.
-  separable rows count only the depthwise kernels (the pointwise 1x1 is an ATen GEMM).
-There is no fused depthwise+pointwise kernel (the intermediate is written and read
-back): the separable rows measure the two steps.
+Separable rows (depthwise then 1x1 pointwise to `out` channels), both paths against the
+same model, the traffic that any implementation must do (out2 = output elements):
+  forward:           read input + write output                          (in + out2) * E
+  forward+backward:  forward, then read grad_out and input, write grad_input
+                                                          -> (in + out2) + (out2 + 2 * in)
+The fused path (fused=True) runs image by image and never writes the intermediate
+tensor; the unfused path (fused=False) writes it, then runs the pointwise matmul.
 """
 import torch
 import torch.nn.functional as F
@@ -32,8 +36,9 @@ def cases(quick, device):
         for layout in layouts:
             yield dict(family="depthwise", op="forward+backward", shape=SHAPES[0], layout=layout, device=device)
             yield dict(family="depthwise", op="forward", shape=SHAPES[3], layout=layout, device=device)
-        yield dict(family="depthwise", op="separable forward+backward", shape=SEPARABLE[1], layout="nchw",
-                   device=device)
+        for path in ("fused", "unfused"):
+            yield dict(family="depthwise", op="separable forward+backward", shape=SEPARABLE[1], layout="nchw",
+                       device=device, path=path)
         return
     for shape in SHAPES:
         for layout in layouts:
@@ -41,7 +46,9 @@ def cases(quick, device):
                 yield dict(family="depthwise", op=op, shape=shape, layout=layout, device=device)
     for shape in SEPARABLE:
         for layout in layouts:
-            yield dict(family="depthwise", op="separable forward+backward", shape=shape, layout=layout, device=device)
+            for op in ("separable forward", "separable forward+backward"):
+                for path in ("fused", "unfused"):
+                    yield dict(family="depthwise", op=op, shape=shape, layout=layout, device=device, path=path)
 
 
 def _input(n, c, h, w, layout, device, requires_grad):
@@ -85,7 +92,7 @@ def _depthwise_fns(case):
 
 def _separable_fns(case):
     n, c, h, w, s, out = case["shape"]
-    device = case["device"]
+    device, backward, fused = case["device"], case["op"].endswith("backward"), case["path"] == "fused"
     x = _input(n, c, h, w, case["layout"], device, True)
     dw = torch.randn(c, 1, 3, 3, device=device, requires_grad=True)
     pw = torch.randn(out, c, 1, 1, device=device, requires_grad=True)
@@ -100,15 +107,21 @@ def _separable_fns(case):
 
     def torch_fn():
         drop_grads()
-        F.conv2d(F.conv2d(x, dw, None, s, 1, 1, c), pw, b).backward(g)
+        with torch.set_grad_enabled(backward):
+            y = F.conv2d(F.conv2d(x, dw, None, s, 1, 1, c), pw, b)
+        if backward:
+            y.backward(g)
 
     def fused_fn():
         drop_grads()
-        depthwise_separable_conv2d(x, dw, pw, b, s, 1, 1).backward(g)
+        with torch.set_grad_enabled(backward):
+            y = depthwise_separable_conv2d(x, dw, pw, b, s, 1, 1, fused=fused)
+        if backward:
+            y.backward(g)
 
     E = 4
-    ins, mids = n * c * h * w, n * c * oh * ow
-    nbytes = ((ins + mids) + ((2 if case["layout"] == "channels_last" else 1) * mids + 2 * ins)) * E
+    ins, outs = n * c * h * w, n * out * oh * ow
+    nbytes = ((ins + outs) + ((outs + 2 * ins) if backward else 0)) * E
     return {"torch": torch_fn, "fusedopt": fused_fn}, nbytes, f"{n}x{c}x{h}x{w} k3 s{s} -> {out}"
 
 
@@ -119,7 +132,8 @@ def run_case(case, timer):
         fns, nbytes, shape = _depthwise_fns(case)
     times = timer(fns, max_seconds=6.0)
     return dict(
-        family="depthwise", op=case["op"] if case["op"].startswith("separable") else f"depthwise {case['op']}",
+        family="depthwise",
+        op=f"{case['op']}, {case['path']}" if case["op"].startswith("separable") else f"depthwise {case['op']}",
         shape=shape, dtype="float32", layout=case["layout"], device=case["device"],
         times=times, skipped={}, fusedopt="fusedopt", bytes=nbytes,
     )

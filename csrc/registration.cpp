@@ -83,6 +83,15 @@ TORCH_LIBRARY(fusedopt, m) {
   m.def(
       "depthwise_conv2d_backward(Tensor grad_out, Tensor input, Tensor weight, int[2] stride, int[4] padding, "
       "int[2] dilation, bool[3] output_mask) -> (Tensor grad_input, Tensor grad_weight, Tensor grad_bias)");
+  // Depthwise conv (no bias), then the 1x1 pointwise conv pointwise_weight (out, C*M, 1, 1)
+  // with bias, image by image without writing the intermediate tensor (float32/64).
+  m.def(
+      "depthwise_separable_conv2d(Tensor input, Tensor depthwise_weight, Tensor pointwise_weight, Tensor? bias, "
+      "int[2] stride, int[4] padding, int[2] dilation) -> Tensor");
+  m.def(
+      "depthwise_separable_conv2d_backward(Tensor grad_out, Tensor input, Tensor depthwise_weight, "
+      "Tensor pointwise_weight, int[2] stride, int[4] padding, int[2] dilation, bool[4] output_mask) -> "
+      "(Tensor grad_input, Tensor grad_depthwise_weight, Tensor grad_pointwise_weight, Tensor grad_bias)");
 
 }
 

@@ -10,7 +10,8 @@ constexpr const char* kAllOps[] = {
     "batch_norm_backward_reduce", "batch_norm_backward_elemt",
 
     // depthwise conv (csrc/depthwise)
-    "depthwise_conv2d", "depthwise_conv2d_backward",
+    "depthwise_conv2d", "depthwise_conv2d_backward", "depthwise_separable_conv2d",
+    "depthwise_separable_conv2d_backward",
 
 };
 }  // namespace fusedopt

@@ -1,10 +1,13 @@
 // CPU backend of the depthwise ops: the shared checks (depthwise_ops.h), then the
 // kernel variant this CPU supports.
+#include <ATen/Dispatch.h>
+#include <ATen/Parallel.h>
 #include <torch/library.h>
 
 #include "../common/cpu_features.h"
 #include "../common/cpu_memory.h"
 #include "depthwise_ops.h"
+#include "separable_ops.h"
 
 namespace fusedopt {
 namespace depthwise {
@@ -26,11 +29,49 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> depthwise_conv2d_backward_cpu(
   }, advise_huge_pages);
 }
 
+// The fused separable op on the CPU: threads over images, each with its own tiles.
+struct CpuSeparable {
+  template <class F>
+  static void for_images(int64_t n, const F& f) {
+    at::parallel_for(0, n, 1, f);  // the depthwise kernels inside then run on the calling thread
+  }
+  static void dw_forward(const ForwardArgs& a) { (cpu_simd() == CpuSimd::Avx2 ? avx2::forward : scalar::forward)(a); }
+  static void dw_backward(const BackwardArgs& a, const at::Tensor&) {
+    (cpu_simd() == CpuSimd::Avx2 ? avx2::backward : scalar::backward)(a);
+  }
+  // out[e] = sum over n of part[n][e], n in order.
+  static void sum_images(const at::Tensor& part, at::Tensor& out) {
+    AT_DISPATCH_FLOATING_TYPES(part.scalar_type(), "fusedopt.sum_images", [&] {
+      const int64_t N = part.size(0), E = part.size(1);
+      const scalar_t* src = part.const_data_ptr<scalar_t>();
+      scalar_t* dst = out.mutable_data_ptr<scalar_t>();
+      for (int64_t e = 0; e < E; ++e) dst[e] = scalar_t(0);
+      for (int64_t n = 0; n < N; ++n)
+        for (int64_t e = 0; e < E; ++e) dst[e] += src[n * E + e];
+    });
+  }
+};
+
+at::Tensor depthwise_separable_conv2d_cpu(const at::Tensor& input, const at::Tensor& dw_weight,
+                                          const at::Tensor& pw_weight, const std::optional<at::Tensor>& bias,
+                                          at::IntArrayRef stride, at::IntArrayRef padding, at::IntArrayRef dilation) {
+  return separable_forward<CpuSeparable>(input, dw_weight, pw_weight, bias, stride, padding, dilation);
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> depthwise_separable_conv2d_backward_cpu(
+    const at::Tensor& grad_out, const at::Tensor& input, const at::Tensor& dw_weight, const at::Tensor& pw_weight,
+    at::IntArrayRef stride, at::IntArrayRef padding, at::IntArrayRef dilation, std::array<bool, 4> output_mask) {
+  return separable_backward<CpuSeparable>(grad_out, input, dw_weight, pw_weight, stride, padding, dilation,
+                                          output_mask);
+}
+
 }  // namespace
 }  // namespace depthwise
 }  // namespace fusedopt
 
 TORCH_LIBRARY_IMPL(fusedopt, CPU, m) {
+  m.impl("depthwise_separable_conv2d", &fusedopt::depthwise::depthwise_separable_conv2d_cpu);
+  m.impl("depthwise_separable_conv2d_backward", &fusedopt::depthwise::depthwise_separable_conv2d_backward_cpu);
   m.impl("depthwise_conv2d", &fusedopt::depthwise::depthwise_conv2d_cpu);
   m.impl("depthwise_conv2d_backward", &fusedopt::depthwise::depthwise_conv2d_backward_cpu);
 }

@@ -287,10 +287,11 @@ def keras_same(size, k, s, d):
     (3, 2, 1, 1, "valid", (9, 9)),
     (3, 1, 1, 3, 1, (7, 6)),
 ])
-def test_separable_matches_two_convs(k, s, d, m, padding, hw, channels_last):
+@pytest.mark.parametrize("fused", [None, True, False], ids=["auto", "fused", "unfused"])
+def test_separable_matches_two_convs(k, s, d, m, padding, hw, channels_last, fused):
     torch.manual_seed(0)
     c, out = 4, 6
-    mod = DepthwiseSeparableConv2d(c, out, k, stride=s, padding=padding, dilation=d, depth_multiplier=m)
+    mod = DepthwiseSeparableConv2d(c, out, k, stride=s, padding=padding, dilation=d, depth_multiplier=m, fused=fused)
     assert isinstance(mod.depthwise, DepthwiseConv2d) and mod.depthwise.bias is None
     assert mod.pointwise.weight.shape == (out, c * m, 1, 1) and mod.pointwise.bias is not None
     x = torch.randn(2, c, *hw)
@@ -318,8 +319,90 @@ def test_separable_matches_two_convs(k, s, d, m, padding, hw, channels_last):
     expected = ref.depthwise_separable_conv2d(x, mod.depthwise.weight, mod.pointwise.weight, mod.pointwise.bias,
                                               (s, s), [pt, pb, pl, pr], (d, d))
     close(yf, expected, 2e-5, "separable output vs reference")
-    yfun = depthwise_separable_conv2d(x, mod.depthwise.weight, mod.pointwise.weight, mod.pointwise.bias, s, padding, d)
+    yfun = depthwise_separable_conv2d(x, mod.depthwise.weight, mod.pointwise.weight, mod.pointwise.bias, s, padding, d,
+                                      fused=fused)
     close(yfun, expected, 2e-5, "functional separable vs reference")
+    if channels_last:
+        assert yf.is_contiguous(memory_format=torch.channels_last)
+
+
+def separable_case(channels_last=False, dtype=torch.float64, n=2, c=8, m=1, out=5, hw=(9, 7), bias=True):
+    gen = torch.Generator().manual_seed(3)
+    x = torch.randn(n, c, *hw, generator=gen, dtype=dtype)
+    if channels_last:
+        x = x.contiguous(memory_format=torch.channels_last)
+    dw = torch.randn(c * m, 1, 3, 3, generator=gen, dtype=dtype)
+    pw = torch.randn(out, c * m, 1, 1, generator=gen, dtype=dtype)
+    b = torch.randn(out, generator=gen, dtype=dtype) if bias else None
+    return x, dw, pw, b
+
+
+@pytest.mark.parametrize("channels_last", [False, True], ids=["nchw", "channels_last"])
+@pytest.mark.parametrize("c,m,s,p", [(8, 1, 1, [1, 1, 1, 1]), (3, 2, 2, [0, 1, 1, 0]), (16, 1, 2, [1, 1, 1, 1])])
+def test_fused_separable_op_matches_reference(channels_last, c, m, s, p):
+    # float64 against the float64 reference: output and all four grads, some-grads masks,
+    # and gradcheck through the autograd registration.
+    x, dw, pw, b = separable_case(channels_last, c=c, m=m)
+    st, dl = [s, s], [1, 1]
+    y = OPS.depthwise_separable_conv2d(x, dw, pw, b, st, p, dl)
+    expected = ref.depthwise_separable_conv2d(x, dw, pw, b, st, p, dl)
+    close(y, expected, 1e-12, "fused separable output")
+    assert y.is_contiguous(memory_format=torch.channels_last if channels_last else torch.contiguous_format)
+    g = torch.randn_like(y)
+    leaves = [t.detach().clone().requires_grad_() for t in (x, dw, pw, b)]
+    yr = ref.depthwise_separable_conv2d(*leaves, st, p, dl)
+    want = torch.autograd.grad(yr, leaves, g)
+    full = OPS.depthwise_separable_conv2d_backward(g, x, dw, pw, st, p, dl, [True] * 4)
+    for a, e, name in zip(full, want, ["input", "depthwise", "pointwise", "bias"]):
+        close(a, e, 1e-12, f"fused separable grad {name}")
+    for i in range(4):
+        mask = [j == i for j in range(4)]
+        some = OPS.depthwise_separable_conv2d_backward(g, x, dw, pw, st, p, dl, mask)
+        assert all(t.numel() == 0 for j, t in enumerate(some) if j != i)
+        assert torch.equal(some[i], full[i])
+    x, dw, pw, b = (t.detach().requires_grad_() for t in separable_case(channels_last, c=3, m=m, n=1, hw=(5, 6)))
+    assert torch.autograd.gradcheck(lambda *a: OPS.depthwise_separable_conv2d(*a, st, p, dl), (x, dw, pw, b))
+
+
+def test_fused_separable_float32_threads_and_empty_batch():
+    x, dw, pw, b = separable_case(dtype=torch.float32, n=6, c=16, out=12, hw=(14, 14))
+    args = ([1, 1], [1, 1, 1, 1], [1, 1])
+    y = OPS.depthwise_separable_conv2d(x, dw, pw, b, *args)
+    close(y, F.conv2d(F.conv2d(x, dw, None, 1, 1, 1, 16), pw, b), 2e-5, "fused separable float32")
+    g = torch.randn_like(y)
+    threads = torch.get_num_threads()
+    runs = []
+    for nthreads in (threads, 1):
+        torch.set_num_threads(nthreads)
+        try:
+            runs.append(OPS.depthwise_separable_conv2d_backward(g, x, dw, pw, *args, [True] * 4))
+        finally:
+            torch.set_num_threads(threads)
+    assert all(torch.equal(a, e) for a, e in zip(*runs))  # per-image partials, summed in order
+    x0 = x[:0].clone().requires_grad_()
+    leaves = [t.clone().requires_grad_() for t in (dw, pw, b)]
+    y0 = depthwise_separable_conv2d(x0, *leaves, 1, 1, fused=True)
+    assert y0.shape == (0, 12, 14, 14)
+    y0.sum().backward()
+    assert all(torch.equal(t.grad, torch.zeros_like(t)) for t in leaves)
+
+
+def test_fused_separable_errors():
+    x, dw, pw, b = separable_case(dtype=torch.float32)
+    with pytest.raises(TypeError, match="float32 or float64.*fused=False"):
+        depthwise_separable_conv2d(x.bfloat16(), dw.bfloat16(), pw.bfloat16(), b.bfloat16(), 1, 1, fused=True)
+    with pytest.raises(ValueError, match=r"pointwise weight must have shape \(out, 8, 1, 1\)"):
+        OPS.depthwise_separable_conv2d(x, dw, pw[:, :4], b, [1, 1], [1, 1, 1, 1], [1, 1])
+    with pytest.raises(ValueError, match="bias must have shape"):
+        OPS.depthwise_separable_conv2d(x, dw, pw, b[:2], [1, 1], [1, 1, 1, 1], [1, 1])
+    with pytest.raises(TypeError, match="pointwise weight dtype"):
+        OPS.depthwise_separable_conv2d(x, dw, pw.double(), b, [1, 1], [1, 1, 1, 1], [1, 1])
+    y = OPS.depthwise_separable_conv2d(x, dw, pw, b, [1, 1], [1, 1, 1, 1], [1, 1])
+    with pytest.raises(ValueError, match="grad_out must have shape"):
+        OPS.depthwise_separable_conv2d_backward(y[:, :2], x, dw, pw, [1, 1], [1, 1, 1, 1], [1, 1], [True] * 4)
+    # bf16 takes the unfused path by default
+    yb = depthwise_separable_conv2d(x.bfloat16(), dw.bfloat16(), pw.bfloat16(), b.bfloat16(), 1, 1)
+    close(yb, F.conv2d(F.conv2d(x, dw, None, 1, 1, 1, 8), pw, b), 5e-2, "bf16 separable (unfused)")
 
 
 # ---------------------------------------------------------------- dispatcher / compile
@@ -336,6 +419,21 @@ def test_opcheck(channels_last, device):
     g = torch.randn_like(y)
     for mask in ([True, True, True], [False, True, False], [True, False, False]):
         torch.library.opcheck(OPS.depthwise_conv2d_backward, (g, x.detach(), w.detach(), st, p4, dl, mask))
+
+
+@pytest.mark.parametrize("channels_last", [False, True], ids=["nchw", "channels_last"])
+def test_opcheck_fused_separable(channels_last, device):
+    x, dw, pw, b = (t.to(device) for t in separable_case(channels_last, dtype=torch.float32, c=4, m=2))
+    args = ([2, 2], [1, 0, 1, 1], [1, 1])
+    for t in (x, dw, pw, b):
+        t.requires_grad_()
+    torch.library.opcheck(OPS.depthwise_separable_conv2d, (x, dw, pw, b, *args))
+    torch.library.opcheck(OPS.depthwise_separable_conv2d, (x, dw, pw, None, *args))
+    y = OPS.depthwise_separable_conv2d(x.detach(), dw.detach(), pw.detach(), None, *args)
+    g = torch.randn_like(y)
+    for mask in ([True] * 4, [False, True, False, True], [True, False, False, False]):
+        torch.library.opcheck(OPS.depthwise_separable_conv2d_backward,
+                              (g, x.detach(), dw.detach(), pw.detach(), *args, mask))
 
 
 class MobileBlock(nn.Module):
