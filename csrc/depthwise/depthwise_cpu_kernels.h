@@ -1002,70 +1002,74 @@ struct ClRowWalk {
   }
 };
 
-// Calls pixel(x, checked) over a row: checked is a compile-time true at the edges.
-template <class Pixel>
-inline void walk_row(int64_t nx, int64_t lo, int64_t hi, const Pixel& pixel) {
-  for (int64_t x = 0; x < lo; ++x) pixel(x, std::true_type{});
-  for (int64_t x = lo; x < hi; ++x) pixel(x, std::false_type{});
-  for (int64_t x = hi; x < nx; ++x) pixel(x, std::true_type{});
-}
+// One pass over a row of pixels: the KH_ rows the taps read, and [lo, hi), the pixels
+// whose taps all fall inside the row.
+template <int KH_, int KW_, class Acc>
+struct ClRowPass {
+  ClRowWalk r;
+  const Acc* rows[KH_];
+  int64_t lo, hi;
+  ClRowPass(const Acc* const* rows_in, const ClRowWalk& rw) : r(rw) {
+    for (int i = 0; i < KH_; ++i) rows[i] = rows_in[i];
+    r.interior(KW_, &lo, &hi);
+  }
+  // Calls pixel(x, checked) over the row: checked is a compile-time true at the edges.
+  template <class Pixel>
+  void walk(const Pixel& pixel) const {
+    for (int64_t x = 0; x < lo; ++x) pixel(x, std::true_type{});
+    for (int64_t x = lo; x < hi; ++x) pixel(x, std::false_type{});
+    for (int64_t x = hi; x < r.nx; ++x) pixel(x, std::true_type{});
+  }
+  // Calls f(t, v) for each tap t = i * KW + j of pixel x that reads inside the row, v
+  // the kPB channels from c0 that it reads.
+  template <class Checked, class F>
+  void taps(int64_t x, int64_t c0, Checked, const F& f) const {
+#pragma GCC unroll 7
+    for (int i = 0; i < KH_; ++i)
+#pragma GCC unroll 7
+      for (int j = 0; j < KW_; ++j) {
+        const int64_t col = x * r.sx + r.base + j * r.dj;
+        if (Checked::value && (col < 0 || col >= r.ncols)) continue;
+        f(i * KW_ + j, load8<Acc>(rows[i] + col * r.C + c0));
+      }
+  }
+};
 
 // dst[x * C + c] = init[c] + sum over taps (i, j) of w[(i * KW + j) * C + c] * rows[i][col * C + c].
 template <int KH_, int KW_, class Acc>
-void cl_row_correlate(const Acc* const* rows_in, const ClRowWalk& rw, const Acc* w, const Acc* init, Acc* dst,
+void cl_row_correlate(const Acc* const* rows, const ClRowWalk& rw, const Acc* w, const Acc* init, Acc* dst,
                       RowPrefetch* ahead) {
   constexpr int K_ = KH_ * KW_;
-  const ClRowWalk r = rw;
-  const Acc* rows[KH_];
-  for (int i = 0; i < KH_; ++i) rows[i] = rows_in[i];
-  int64_t lo, hi;
-  r.interior(KW_, &lo, &hi);
-  for (int64_t c0 = 0; c0 < r.C; c0 += kPB) {
+  const ClRowPass<KH_, KW_, Acc> pass(rows, rw);
+  const int64_t C = rw.C;
+  for (int64_t c0 = 0; c0 < C; c0 += kPB) {
     if (ahead) ahead->step();
     Vec8<Acc> wv[K_];
-    for (int t = 0; t < K_; ++t) wv[t] = load8<Acc>(w + t * r.C + c0);
+    for (int t = 0; t < K_; ++t) wv[t] = load8<Acc>(w + t * C + c0);
     const Vec8<Acc> v0 = init ? load8<Acc>(init + c0) : Vec8<Acc>{};
-    walk_row(r.nx, lo, hi, [&](int64_t x, auto checked) {
+    pass.walk([&](int64_t x, auto checked) {
       Vec8<Acc> acc = v0;
-#pragma GCC unroll 7
-      for (int i = 0; i < KH_; ++i)
-#pragma GCC unroll 7
-        for (int j = 0; j < KW_; ++j) {
-          const int64_t col = x * r.sx + r.base + j * r.dj;
-          if (decltype(checked)::value && (col < 0 || col >= r.ncols)) continue;
-          acc += wv[i * KW_ + j] * load8<Acc>(rows[i] + col * r.C + c0);
-        }
-      store8<Acc>(dst + x * r.C + c0, acc);
+      pass.taps(x, c0, checked, [&](int t, Vec8<Acc> v) { acc += wv[t] * v; });
+      store8<Acc>(dst + x * C + c0, acc);
     });
   }
 }
 
 // part[(i * KW + j) * C + c] += sum over pixels x of g[x * C + c] * rows[i][col * C + c].
 template <int KH_, int KW_, class Acc>
-void cl_row_weight_grad(const Acc* const* rows_in, const ClRowWalk& rw, const Acc* g, Acc* part,
-                        RowPrefetch* ahead) {
+void cl_row_weight_grad(const Acc* const* rows, const ClRowWalk& rw, const Acc* g, Acc* part, RowPrefetch* ahead) {
   constexpr int K_ = KH_ * KW_;
-  const ClRowWalk r = rw;
-  const Acc* rows[KH_];
-  for (int i = 0; i < KH_; ++i) rows[i] = rows_in[i];
-  int64_t lo, hi;
-  r.interior(KW_, &lo, &hi);
-  for (int64_t c0 = 0; c0 < r.C; c0 += kPB) {
+  const ClRowPass<KH_, KW_, Acc> pass(rows, rw);
+  const int64_t C = rw.C;
+  for (int64_t c0 = 0; c0 < C; c0 += kPB) {
     if (ahead) ahead->step();
     Vec8<Acc> acc[K_];
     for (int t = 0; t < K_; ++t) acc[t] = Vec8<Acc>{};
-    walk_row(r.nx, lo, hi, [&](int64_t x, auto checked) {
-      const Vec8<Acc> gv = load8<Acc>(g + x * r.C + c0);
-#pragma GCC unroll 7
-      for (int i = 0; i < KH_; ++i)
-#pragma GCC unroll 7
-        for (int j = 0; j < KW_; ++j) {
-          const int64_t col = x * r.sx + r.base + j * r.dj;
-          if (decltype(checked)::value && (col < 0 || col >= r.ncols)) continue;
-          acc[i * KW_ + j] += gv * load8<Acc>(rows[i] + col * r.C + c0);
-        }
+    pass.walk([&](int64_t x, auto checked) {
+      const Vec8<Acc> gv = load8<Acc>(g + x * C + c0);
+      pass.taps(x, c0, checked, [&](int t, Vec8<Acc> v) { acc[t] += gv * v; });
     });
-    for (int t = 0; t < K_; ++t) store8<Acc>(part + t * r.C + c0, load8<Acc>(part + t * r.C + c0) + acc[t]);
+    for (int t = 0; t < K_; ++t) store8<Acc>(part + t * C + c0, load8<Acc>(part + t * C + c0) + acc[t]);
   }
 }
 
