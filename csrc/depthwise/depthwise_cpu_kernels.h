@@ -839,32 +839,20 @@ constexpr int64_t kCB = 32;
 // The valid taps of output (oh, ow): their indices and input offsets (in elements).
 inline int64_t valid_taps_out(const Geom& g, int64_t n, int64_t oh, int64_t ow, int64_t* tap, int64_t* off) {
   int64_t cnt = 0;
-  for (int64_t i = 0; i < g.KH; ++i) {
-    const int64_t ih = tap_source(oh, i, g.SH, g.DH, g.PT);
-    if (ih < 0 || ih >= g.H) continue;
-    for (int64_t j = 0; j < g.KW; ++j) {
-      const int64_t iw = tap_source(ow, j, g.SW, g.DW, g.PL);
-      if (iw < 0 || iw >= g.W) continue;
-      tap[cnt] = i * g.KW + j;
-      off[cnt++] = ((n * g.H + ih) * g.W + iw) * g.C;
-    }
-  }
+  for_input_taps(g, oh, ow, [&](int64_t i, int64_t j, int64_t ih, int64_t iw) {
+    tap[cnt] = i * g.KW + j;
+    off[cnt++] = ((n * g.H + ih) * g.W + iw) * g.C;
+  });
   return cnt;
 }
 
 // The outputs whose taps read input (ih, iw): tap indices and grad_out offsets.
 inline int64_t valid_taps_in(const Geom& g, int64_t n, int64_t ih, int64_t iw, int64_t* tap, int64_t* off) {
   int64_t cnt = 0;
-  for (int64_t i = 0; i < g.KH; ++i) {
-    const int64_t oh = tap_target(ih, i, g.SH, g.DH, g.PT, g.OH);
-    if (oh < 0) continue;
-    for (int64_t j = 0; j < g.KW; ++j) {
-      const int64_t ow = tap_target(iw, j, g.SW, g.DW, g.PL, g.OW);
-      if (ow < 0) continue;
-      tap[cnt] = i * g.KW + j;
-      off[cnt++] = ((n * g.OH + oh) * g.OW + ow) * g.C * g.M;
-    }
-  }
+  for_output_taps(g, ih, iw, [&](int64_t i, int64_t j, int64_t oh, int64_t ow) {
+    tap[cnt] = i * g.KW + j;
+    off[cnt++] = ((n * g.OH + oh) * g.OW + ow) * g.C * g.M;
+  });
   return cnt;
 }
 

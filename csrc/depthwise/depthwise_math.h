@@ -56,6 +56,34 @@ FO_HD Acc to_acc(const T& x) {
   return static_cast<Acc>(x);
 }
 
+// f(i, j, ih, iw) for each tap (i, j) of output (oh, ow) that reads inside the input.
+template <class F>
+FO_HD void for_input_taps(const Geom& g, int64_t oh, int64_t ow, const F& f) {
+  for (int64_t i = 0; i < g.KH; ++i) {
+    const int64_t ih = tap_source(oh, i, g.SH, g.DH, g.PT);
+    if (ih < 0 || ih >= g.H) continue;
+    for (int64_t j = 0; j < g.KW; ++j) {
+      const int64_t iw = tap_source(ow, j, g.SW, g.DW, g.PL);
+      if (iw < 0 || iw >= g.W) continue;
+      f(i, j, ih, iw);
+    }
+  }
+}
+
+// f(i, j, oh, ow) for each output (oh, ow) whose tap (i, j) reads input (ih, iw).
+template <class F>
+FO_HD void for_output_taps(const Geom& g, int64_t ih, int64_t iw, const F& f) {
+  for (int64_t i = 0; i < g.KH; ++i) {
+    const int64_t oh = tap_target(ih, i, g.SH, g.DH, g.PT, g.OH);
+    if (oh < 0) continue;
+    for (int64_t j = 0; j < g.KW; ++j) {
+      const int64_t ow = tap_target(iw, j, g.SW, g.DW, g.PL, g.OW);
+      if (ow < 0) continue;
+      f(i, j, oh, ow);
+    }
+  }
+}
+
 // out[n, o, oh, ow] before the bias: sum over taps of weight * input (padding reads 0).
 template <class Acc, class T>
 FO_HD Acc forward_element(const T* in, const Strides4& is, const T* w, const Geom& g, int64_t n, int64_t o, int64_t oh,
@@ -63,15 +91,9 @@ FO_HD Acc forward_element(const T* in, const Strides4& is, const T* w, const Geo
   const T* plane = in + n * is.n + (o / g.M) * is.c;
   const T* wo = w + o * num_taps(g);
   Acc acc = Acc(0);
-  for (int64_t i = 0; i < g.KH; ++i) {
-    const int64_t ih = tap_source(oh, i, g.SH, g.DH, g.PT);
-    if (ih < 0 || ih >= g.H) continue;
-    for (int64_t j = 0; j < g.KW; ++j) {
-      const int64_t iw = tap_source(ow, j, g.SW, g.DW, g.PL);
-      if (iw < 0 || iw >= g.W) continue;
-      acc += to_acc<Acc>(wo[i * g.KW + j]) * to_acc<Acc>(plane[ih * is.h + iw * is.w]);
-    }
-  }
+  for_input_taps(g, oh, ow, [&](int64_t i, int64_t j, int64_t ih, int64_t iw) {
+    acc += to_acc<Acc>(wo[i * g.KW + j]) * to_acc<Acc>(plane[ih * is.h + iw * is.w]);
+  });
   return acc;
 }
 
@@ -84,15 +106,9 @@ FO_HD Acc input_grad_element(const T* go, const Strides4& gs, const T* w, const 
     const int64_t o = c * g.M + m;
     const T* plane = go + n * gs.n + o * gs.c;
     const T* wo = w + o * num_taps(g);
-    for (int64_t i = 0; i < g.KH; ++i) {
-      const int64_t oh = tap_target(ih, i, g.SH, g.DH, g.PT, g.OH);
-      if (oh < 0) continue;
-      for (int64_t j = 0; j < g.KW; ++j) {
-        const int64_t ow = tap_target(iw, j, g.SW, g.DW, g.PL, g.OW);
-        if (ow < 0) continue;
-        acc += to_acc<Acc>(plane[oh * gs.h + ow * gs.w]) * to_acc<Acc>(wo[i * g.KW + j]);
-      }
-    }
+    for_output_taps(g, ih, iw, [&](int64_t i, int64_t j, int64_t oh, int64_t ow) {
+      acc += to_acc<Acc>(plane[oh * gs.h + ow * gs.w]) * to_acc<Acc>(wo[i * g.KW + j]);
+    });
   }
   return acc;
 }
