@@ -358,13 +358,22 @@ bool use_blocks(const Args& a) {
   return !a.channels_last && a.g.M == 1 && a.g.C % kPB == 0;
 }
 
-// Weights (and bias) of planes c0 .. c0 + kPB - 1 as [tap][plane]; flip: taps reversed.
-template <class Acc, class T>
-void block_weights(const T* wt, const T* bias, int64_t c0, int64_t K, bool flip, Acc* w8, Acc* b8) {
-  for (int64_t t = 0; t < K; ++t)
-    for (int64_t k = 0; k < kPB; ++k) w8[t * kPB + k] = static_cast<Acc>(wt[(c0 + k) * K + (flip ? K - 1 - t : t)]);
-  for (int64_t k = 0; k < kPB; ++k) b8[k] = bias ? static_cast<Acc>(bias[c0 + k]) : Acc(0);
-}
+// The weights (and bias) of every block, once per call: block b's weights as [tap][plane]
+// at w8[b * K * kPB], its bias at b8[b * kPB]; flip: taps reversed.
+template <class Acc>
+struct BlockWeights {
+  std::vector<Acc> w8, b8;
+  template <class T>
+  BlockWeights(const T* wt, const T* bias, int64_t C, int64_t K, bool flip) : w8(C * K), b8(C, Acc(0)) {
+    for (int64_t c = 0; c < C; ++c) {
+      Acc* w = w8.data() + c / kPB * K * kPB + c % kPB;
+      for (int64_t t = 0; t < K; ++t) w[t * kPB] = static_cast<Acc>(wt[c * K + (flip ? K - 1 - t : t)]);
+      if (bias) b8[c] = static_cast<Acc>(bias[c]);
+    }
+  }
+  const Acc* weights(int64_t c0, int64_t K) const { return w8.data() + c0 * K; }
+  const Acc* bias(int64_t c0) const { return b8.data() + c0; }
+};
 
 // grad_weight and grad_bias from per-(image, channel) partials part[(n * O + o) * (K + 1)
 // + t], summed over the batch in a fixed order: the same bits for any thread count.
@@ -372,12 +381,18 @@ template <class Acc, class T>
 void sum_channel_partials(const Geom& g, const Acc* part, T* gw, T* gb) {
   const int64_t O = num_out_channels(g), K = num_taps(g);
   at::parallel_for(0, O, 16, [&](int64_t begin, int64_t end) {
+    // Image by image over this range of channels: contiguous reads, each sum in n order.
+    const int64_t len = (end - begin) * (K + 1);
+    std::vector<Acc> s(len, Acc(0));
+    for (int64_t n = 0; n < g.N; ++n) {
+      const Acc* src = part + (n * O + begin) * (K + 1);
+      for (int64_t e = 0; e < len; ++e) s[e] += src[e];
+    }
     for (int64_t o = begin; o < end; ++o)
       for (int64_t t = 0; t <= K; ++t) {
-        Acc s = Acc(0);
-        for (int64_t n = 0; n < g.N; ++n) s += part[(n * O + o) * (K + 1) + t];
-        if (t < K && gw) gw[o * K + t] = static_cast<T>(s);
-        if (t == K && gb) gb[o] = static_cast<T>(s);
+        const Acc v = s[(o - begin) * (K + 1) + t];
+        if (t < K && gw) gw[o * K + t] = static_cast<T>(v);
+        if (t == K && gb) gb[o] = static_cast<T>(v);
       }
   });
 }
@@ -392,9 +407,10 @@ void forward_blocked(const ForwardArgs& a) {
   const int64_t K = num_taps(g), blocks = g.C / kPB;
   const int64_t Hp = g.H + g.PT + g.PB, Wp = g.W + g.PL + g.PR;
   const BlockGeom bg{g.OH, g.OW, g.KH, g.KW, g.SH, g.SW, g.DH, g.DW, Wp};
+  const BlockWeights<Acc> bw(wt, bias, g.C, K, false);
   parallel_tasks(g.N * blocks, [&](int64_t begin, int64_t end) {
     // Only the interior is ever written: the padding stays zero.
-    std::vector<Acc> xb(Hp * Wp * kPB, Acc(0)), ob(g.OH * g.OW * kPB), w8(K * kPB), b8(kPB);
+    std::vector<Acc> xb(Hp * Wp * kPB, Acc(0)), ob(g.OH * g.OW * kPB);
     RowPrefetch ahead;  // the next block's input and output
     for (int64_t blk = begin; blk < end; ++blk) {
       const int64_t n = blk / blocks, c0 = blk % blocks * kPB;
@@ -403,8 +419,7 @@ void forward_blocked(const ForwardArgs& a) {
       ahead.reset(in.block(nn, nc0), more ? in.block_bytes() : 0, out.block(nn, nc0), more ? out.block_bytes() : 0,
                   g.OH);
       in.read(n, c0, Wp, g.PT, g.PL, xb.data());
-      block_weights(wt, bias, c0, K, false, w8.data(), b8.data());
-      correlate_block<KH_, KW_>(xb.data(), bg, w8.data(), b8.data(), ob.data(), &ahead);
+      correlate_block<KH_, KW_>(xb.data(), bg, bw.weights(c0, K), bw.bias(c0), ob.data(), &ahead);
       out.write(ob.data(), g.OW, 0, 0, n, c0);
     }
   });
@@ -470,9 +485,10 @@ void backward_blocked(const BackwardArgs& a, Acc* part) {
   const BlockGeom fwd{g.OH, g.OW, g.KH, g.KW, g.SH, g.SW, g.DH, g.DW, Wp};
   // Flipped correlation: input (ih, iw) tap (i, j) reads buffer (ih + i*DH, iw + j*DW).
   const BlockGeom flipped{g.H, g.W, g.KH, g.KW, 1, 1, g.DH, g.DW, GW};
+  const BlockWeights<Acc> bw(wt, static_cast<const T*>(nullptr), gi.data ? g.C : 0, K, flip);
   parallel_tasks(g.N * blocks, [&](int64_t begin, int64_t end) {
     std::vector<Acc> xb(part ? Hp * Wp * kPB : 0, Acc(0)), gob(GH * GW * kPB, Acc(0));
-    std::vector<Acc> gib(gi.data ? HW * kPB : 0), w8(K * kPB), b8(kPB), pw((K + 1) * kPB);
+    std::vector<Acc> gib(gi.data ? HW * kPB : 0), pw((K + 1) * kPB);
     std::vector<int64_t> off(K), tap(K);
     RowPrefetch ahead;  // the next block's grad_out, input and grad_input
     const int64_t steps = (part ? g.OH : 0) + (gi.data ? g.H : 0);
@@ -490,13 +506,13 @@ void backward_blocked(const BackwardArgs& a, Acc* part) {
           for (int64_t t = 0; t <= K; ++t) part[(n * g.C + c0 + k) * (K + 1) + t] = pw[t * kPB + k];
       }
       if (!gi.data) continue;
-      block_weights(wt, static_cast<const T*>(nullptr), c0, K, flip, w8.data(), b8.data());
+      const Acc* w8 = bw.weights(c0, K);
       if (flip) {
         // Input (ih, iw) tap i' = KH-1-i reads buffer row ih + i'*DH, which holds grad_out
         // row ih + PT - i*DH: the flipped kernel over the buffer from (GT - (RH - PT)) = 0.
-        correlate_block<KH_, KW_>(gob.data(), flipped, w8.data(), b8.data(), gib.data(), &ahead);
+        correlate_block<KH_, KW_>(gob.data(), flipped, w8, bw.bias(c0), gib.data(), &ahead);
       } else {
-        input_grad_phases(gob.data(), GT, GL, GW, g, w8.data(), gib.data(), off.data(), tap.data(), ahead);
+        input_grad_phases(gob.data(), GT, GL, GW, g, w8, gib.data(), off.data(), tap.data(), ahead);
       }
       gi.write(gib.data(), g.W, 0, 0, n, c0);
     }
