@@ -151,11 +151,26 @@ struct Vec8Of {
 template <class Acc>
 using Vec8 = typename Vec8Of<Acc>::type;
 
+// bf16/fp16 stored, float math: the AVX2 unit converts eight at a time in registers
+// (Lanes, round to nearest even), the baseline unit one by one.
+template <class Acc, class T>
+constexpr bool kHalfLanes =
+#if defined(FO_HAVE_AVX2_UNIT) && FO_HAVE_AVX2_UNIT
+    std::is_same_v<Acc, float> && (std::is_same_v<T, c10::BFloat16> || std::is_same_v<T, c10::Half>);
+#else
+    false;
+#endif
+
 template <class Acc, class T>
 inline Vec8<Acc> load8(const T* p) {
   Vec8<Acc> v;
   if constexpr (std::is_same_v<T, Acc>) {
     std::memcpy(&v, p, sizeof(v));
+  } else if constexpr (kHalfLanes<Acc, T>) {
+#if defined(FO_HAVE_AVX2_UNIT) && FO_HAVE_AVX2_UNIT
+    const auto x = ::fusedopt::avx2::Lanes<T>::load(p);
+    std::memcpy(&v, &x.v, sizeof(v));
+#endif
   } else {
     for (int k = 0; k < kPB; ++k) v[k] = static_cast<Acc>(p[k]);
   }
@@ -165,6 +180,12 @@ template <class Acc, class T>
 inline void store8(T* p, Vec8<Acc> v) {
   if constexpr (std::is_same_v<T, Acc>) {
     std::memcpy(p, &v, sizeof(v));
+  } else if constexpr (kHalfLanes<Acc, T>) {
+#if defined(FO_HAVE_AVX2_UNIT) && FO_HAVE_AVX2_UNIT
+    typename ::fusedopt::avx2::Lanes<T>::V x;
+    std::memcpy(&x.v, &v, sizeof(v));
+    ::fusedopt::avx2::Lanes<T>::store(p, x);
+#endif
   } else {
     for (int k = 0; k < kPB; ++k) p[k] = static_cast<T>(v[k]);
   }
@@ -978,7 +999,7 @@ void row_pixels(const Acc* init, const Acc* w, int64_t ldw, const T* src, const 
 }
 
 // channels_last, fixed kernel sizes, depth multiplier 1, channels a multiple of kPB,
-// T == Acc: per row, one block of kPB channels at a time across the whole row, so that
+// float/double, or bf16/fp16 in the AVX2 unit (converted eight at a time): per row, one block of kPB channels at a time across the whole row, so that
 // the block's tap weights (forward, grad_input) or tap sums (grad_weight) stay in
 // registers: one load per multiply-add, where the pixel-group kernels above also load
 // a weight. Kernel rows outside the input read a row of zeros; pixels whose taps leave
@@ -1006,14 +1027,14 @@ struct ClRowWalk {
   }
 };
 
-// One pass over a row of pixels: the KH_ rows the taps read, and [lo, hi), the pixels
-// whose taps all fall inside the row.
-template <int KH_, int KW_, class Acc>
+// One pass over a row of pixels: the KH_ rows the taps read (stored as T, read as Acc),
+// and [lo, hi), the pixels whose taps all fall inside the row.
+template <int KH_, int KW_, class Acc, class T>
 struct ClRowPass {
   ClRowWalk r;
-  const Acc* rows[KH_];
+  const T* rows[KH_];
   int64_t lo, hi;
-  ClRowPass(const Acc* const* rows_in, const ClRowWalk& rw) : r(rw) {
+  ClRowPass(const T* const* rows_in, const ClRowWalk& rw) : r(rw) {
     for (int i = 0; i < KH_; ++i) rows[i] = rows_in[i];
     r.interior(KW_, &lo, &hi);
   }
@@ -1040,11 +1061,11 @@ struct ClRowPass {
 };
 
 // dst[x * C + c] = init[c] + sum over taps (i, j) of w[(i * KW + j) * C + c] * rows[i][col * C + c].
-template <int KH_, int KW_, class Acc>
-void cl_row_correlate(const Acc* const* rows, const ClRowWalk& rw, const Acc* w, const Acc* init, Acc* dst,
+template <int KH_, int KW_, class Acc, class T>
+void cl_row_correlate(const T* const* rows, const ClRowWalk& rw, const Acc* w, const Acc* init, T* dst,
                       RowPrefetch* ahead) {
   constexpr int K_ = KH_ * KW_;
-  const ClRowPass<KH_, KW_, Acc> pass(rows, rw);
+  const ClRowPass<KH_, KW_, Acc, T> pass(rows, rw);
   const int64_t C = rw.C;
   for (int64_t c0 = 0; c0 < C; c0 += kPB) {
     if (ahead) ahead->step();
@@ -1060,10 +1081,10 @@ void cl_row_correlate(const Acc* const* rows, const ClRowWalk& rw, const Acc* w,
 }
 
 // part[(i * KW + j) * C + c] += sum over pixels x of g[x * C + c] * rows[i][col * C + c].
-template <int KH_, int KW_, class Acc>
-void cl_row_weight_grad(const Acc* const* rows, const ClRowWalk& rw, const Acc* g, Acc* part, RowPrefetch* ahead) {
+template <int KH_, int KW_, class Acc, class T>
+void cl_row_weight_grad(const T* const* rows, const ClRowWalk& rw, const T* g, Acc* part, RowPrefetch* ahead) {
   constexpr int K_ = KH_ * KW_;
-  const ClRowPass<KH_, KW_, Acc> pass(rows, rw);
+  const ClRowPass<KH_, KW_, Acc, T> pass(rows, rw);
   const int64_t C = rw.C;
   for (int64_t c0 = 0; c0 < C; c0 += kPB) {
     if (ahead) ahead->step();
@@ -1079,7 +1100,7 @@ void cl_row_weight_grad(const Acc* const* rows, const ClRowWalk& rw, const Acc* 
 
 template <int KH_, int KW_, class Acc, class T>
 constexpr bool cl_blocks_compiled() {
-  return KH_ > 0 && KW_ > 0 && std::is_same_v<T, Acc>;
+  return KH_ > 0 && KW_ > 0 && (std::is_same_v<T, Acc> || kHalfLanes<Acc, T>);
 }
 inline bool cl_blocks_apply(const Geom& g) { return g.M == 1 && g.C % kPB == 0; }
 
@@ -1101,11 +1122,11 @@ void forward_cl(const ForwardArgs& a) {
     if (cl_blocks_apply(g)) {
       const ClRowWalk rw{g.C, g.W, g.OW, g.SW, -g.PL, g.DW};
       parallel_tasks(g.N * g.OH, [&](int64_t begin, int64_t end) {
-        const std::vector<Acc> zeros(g.W * g.C, Acc(0));
+        const std::vector<T> zeros(g.W * g.C, T(0));
         RowPrefetch ahead;
         for (int64_t r = begin; r < end; ++r) {
           const int64_t n = r / g.OH, oh = r % g.OH;
-          const Acc* rows[KH_];
+          const T* rows[KH_];
           for (int i = 0; i < KH_; ++i) {
             const int64_t ih = tap_source(oh, i, g.SH, g.DH, g.PT);
             rows[i] = ih >= 0 && ih < g.H ? in + (n * g.H + ih) * g.W * g.C : zeros.data();
@@ -1114,7 +1135,7 @@ void forward_cl(const ForwardArgs& a) {
           const T* next_in = next_row_inputs(g, in, r, r + 1 < end, &in_bytes);
           ahead.reset(next_in, in_bytes, r + 1 < end ? out + (r + 1) * out_row : nullptr,
                       r + 1 < end ? out_row * sizeof(T) : 0, g.C / kPB);
-          cl_row_correlate<KH_, KW_>(rows, rw, w.data(), b.data(), out + r * out_row, &ahead);
+          cl_row_correlate<KH_, KW_, Acc>(rows, rw, w.data(), b.data(), out + r * out_row, &ahead);
         }
       });
       return;
@@ -1169,7 +1190,7 @@ void backward_cl(const BackwardArgs& a) {
   bool blocks = false;
   if constexpr (cl_blocks_compiled<KH_, KW_, Acc, T>()) blocks = cl_blocks_apply(g);
   // A row of zeros for kernel rows that fall outside the tensor (channel-block path).
-  const std::vector<Acc> zeros(blocks ? std::max(g.W, g.OW) * C : 0, Acc(0));
+  const std::vector<T> zeros(blocks ? std::max(g.W, g.OW) * C : 0, T(0));
   const int64_t go_row = g.OW * O, gi_row = g.W * C;
   bool gi_done = false;
   if constexpr (cl_blocks_compiled<KH_, KW_, Acc, T>()) {
@@ -1180,7 +1201,7 @@ void backward_cl(const BackwardArgs& a) {
         RowPrefetch ahead;
         for (int64_t r = begin; r < end; ++r) {
           const int64_t n = r / g.H, ih = r % g.H;
-          const Acc* rows[KH_];
+          const T* rows[KH_];
           for (int i = 0; i < KH_; ++i) {
             const int64_t oh = ih + g.PT - i * g.DH;
             rows[i] = oh >= 0 && oh < g.OH ? go + (n * g.OH + oh) * go_row : zeros.data();
@@ -1190,7 +1211,7 @@ void backward_cl(const BackwardArgs& a) {
           const bool has = r + 1 < end && noh < g.OH;
           ahead.reset(has ? go + (nn * g.OH + noh) * go_row : nullptr, has ? go_row * sizeof(T) : 0,
                       r + 1 < end ? gi + (r + 1) * gi_row : nullptr, r + 1 < end ? gi_row * sizeof(T) : 0, C / kPB);
-          cl_row_correlate<KH_, KW_>(rows, rw, w.data(), static_cast<const Acc*>(nullptr), gi + r * gi_row, &ahead);
+          cl_row_correlate<KH_, KW_, Acc>(rows, rw, w.data(), static_cast<const Acc*>(nullptr), gi + r * gi_row, &ahead);
         }
       });
       gi_done = true;
@@ -1271,14 +1292,14 @@ void backward_cl(const BackwardArgs& a) {
         }
         if constexpr (cl_blocks_compiled<KH_, KW_, Acc, T>()) {
           if (blocks) {
-            const Acc* xrows[KH_];
+            const T* xrows[KH_];
             for (int i = 0; i < KH_; ++i) {
               const int64_t ih = tap_source(oh, i, g.SH, g.DH, g.PT);
               xrows[i] = ih >= 0 && ih < g.H ? in + (n * g.H + ih) * g.W * C : zeros.data();
             }
             RowPrefetch ahead;
             ahead.reset(pf_x.p, pf_x.end - pf_x.p, nullptr, 0, C / kPB, pf_g.p, pf_g.end - pf_g.p);
-            cl_row_weight_grad<KH_, KW_>(xrows, ClRowWalk{C, g.W, g.OW, g.SW, -g.PL, g.DW}, grow, P, &ahead);
+            cl_row_weight_grad<KH_, KW_, Acc>(xrows, ClRowWalk{C, g.W, g.OW, g.SW, -g.PL, g.DW}, grow, P, &ahead);
             continue;
           }
         }
