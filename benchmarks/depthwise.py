@@ -1,7 +1,7 @@
 """Depthwise conv microbenchmarks: fusedopt.nn against torch's nn.Conv2d(groups=C), on
 the 3x3 depthwise layers of MobileNetV2 (batch 32, float32, no bias: BN follows), NCHW
-and channels_last, forward and forward+backward; plus the separable block (depthwise +
-1x1 pointwise) against two torch convs.
+and channels_last, forward and forward+backward, and forward+backward in bf16; plus the
+separable block (depthwise + 1x1 pointwise) against two torch convs.
 
 Bytes moved by fusedopt's kernels per call (the model behind GB/s), E = element size:
   forward:           read input + write output                          (in + out) * E
@@ -44,6 +44,11 @@ def cases(quick, device):
         for layout in layouts:
             for op in ("forward", "forward+backward"):
                 yield dict(family="depthwise", op=op, shape=shape, layout=layout, device=device)
+    # bf16 (what CPU autocast runs the layer in), forward+backward
+    for shape in SHAPES:
+        for layout in layouts:
+            yield dict(family="depthwise", op="forward+backward", shape=shape, layout=layout, device=device,
+                       dtype=torch.bfloat16)
     for shape in SEPARABLE:
         for layout in layouts:
             for op in ("separable forward", "separable forward+backward"):
@@ -51,8 +56,8 @@ def cases(quick, device):
                     yield dict(family="depthwise", op=op, shape=shape, layout=layout, device=device, path=path)
 
 
-def _input(n, c, h, w, layout, device, requires_grad):
-    x = torch.randn(n, c, h, w, device=device)
+def _input(n, c, h, w, layout, device, requires_grad, dtype=torch.float32):
+    x = torch.randn(n, c, h, w, device=device, dtype=dtype)
     if layout == "channels_last":
         x = x.contiguous(memory_format=torch.channels_last)
     return x.requires_grad_(requires_grad)
@@ -60,11 +65,11 @@ def _input(n, c, h, w, layout, device, requires_grad):
 
 def _depthwise_fns(case):
     n, c, h, w, s = case["shape"]
-    device, backward = case["device"], case["op"] == "forward+backward"
-    x = _input(n, c, h, w, case["layout"], device, backward)
-    weight = torch.randn(c, 1, 3, 3, device=device, requires_grad=backward)
+    device, backward, dtype = case["device"], case["op"] == "forward+backward", case.get("dtype", torch.float32)
+    x = _input(n, c, h, w, case["layout"], device, backward, dtype)
+    weight = torch.randn(c, 1, 3, 3, device=device, dtype=dtype, requires_grad=backward)
     oh, ow = (h + 2 - 3) // s + 1, (w + 2 - 3) // s + 1
-    g = torch.randn(n, c, oh, ow, device=device)
+    g = torch.randn(n, c, oh, ow, device=device, dtype=dtype)
     if case["layout"] == "channels_last":
         g = g.contiguous(memory_format=torch.channels_last)
 
@@ -82,7 +87,7 @@ def _depthwise_fns(case):
         if backward:
             y.backward(g)
 
-    E = 4
+    E = x.element_size()
     ins, outs = n * c * h * w, n * c * oh * ow
     nbytes = (ins + outs) * E
     if backward:
@@ -134,6 +139,7 @@ def run_case(case, timer):
     return dict(
         family="depthwise",
         op=f"{case['op']}, {case['path']}" if case["op"].startswith("separable") else f"depthwise {case['op']}",
-        shape=shape, dtype="float32", layout=case["layout"], device=case["device"],
+        shape=shape, dtype=str(case.get("dtype", torch.float32)).replace("torch.", ""), layout=case["layout"],
+        device=case["device"],
         times=times, skipped={}, fusedopt="fusedopt", bytes=nbytes,
     )

@@ -1340,12 +1340,16 @@ void backward_cl(const BackwardArgs& a) {
     }
   });
   at::parallel_for(0, stride, 256, [&](int64_t begin, int64_t end) {
+    // Chunk by chunk over this range: contiguous reads, each sum in chunk order.
+    std::vector<Acc> s(end - begin, Acc(0));
+    for (int64_t ch = 0; ch < chunks; ++ch) {
+      const Acc* src = part.data() + ch * stride + begin;
+      for (int64_t e = 0; e < end - begin; ++e) s[e] += src[e];
+    }
     for (int64_t e = begin; e < end; ++e) {
-      Acc s = Acc(0);
-      for (int64_t ch = 0; ch < chunks; ++ch) s += part[ch * stride + e];
       const int64_t t = e / O, o = e % O;
-      if (t < K && gw) gw[o * K + t] = static_cast<T>(s);
-      if (t == K && gb) gb[o] = static_cast<T>(s);
+      if (t < K && gw) gw[o * K + t] = static_cast<T>(s[e - begin]);
+      if (t == K && gb) gb[o] = static_cast<T>(s[e - begin]);
     }
   });
 }
