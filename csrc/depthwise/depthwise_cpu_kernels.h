@@ -7,9 +7,12 @@
 // Other NCHW cases: one task per input plane (n, c), copied once into a zero-padded,
 // phase-split float buffer (see the NCHW section) so that each tap is one contiguous
 // run over the whole flattened output plane; 3x3 and 5x5 keep all taps in registers.
-// channels_last: one task per image row; the inner loops run over contiguous channels.
-// grad_weight: per-plane (NCHW) or per-fixed-chunk-of-rows (channels_last) partials,
-// summed in a fixed order at the end, so results do not depend on the thread count.
+// channels_last: one task per image row. At 3x3 and 5x5 with depth multiplier 1 a row
+// is walked 8 channels at a time with the taps' weights or sums in registers ("row
+// blocks"); otherwise pixel groups run over contiguous 32-channel blocks.
+// grad_weight: per-(image, channel) (NCHW) or per-fixed-chunk-of-rows (channels_last)
+// partials, summed in a fixed order at the end, so results do not depend on the thread
+// count.
 #include "../common/dispatch.h"
 #include "depthwise_kernels.h"
 
