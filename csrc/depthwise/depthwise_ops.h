@@ -77,10 +77,12 @@ inline Prepared prepare(const char* op, const at::Tensor& input, const at::Tenso
   return {g, cl, cl ? at::MemoryFormat::ChannelsLast : at::MemoryFormat::Contiguous};
 }
 
-inline void check_grad_out(const char* op, const at::Tensor& grad_out, const at::Tensor& input, const Geom& g) {
-  TORCH_CHECK_VALUE(grad_out.dim() == 4 && grad_out.size(0) == g.N && grad_out.size(1) == g.C * g.M &&
+// grad_out of an op whose output has `channels` channels (the depthwise op's: C * M).
+inline void check_grad_out(const char* op, const at::Tensor& grad_out, const at::Tensor& input, const Geom& g,
+                           int64_t channels) {
+  TORCH_CHECK_VALUE(grad_out.dim() == 4 && grad_out.size(0) == g.N && grad_out.size(1) == channels &&
                         grad_out.size(2) == g.OH && grad_out.size(3) == g.OW,
-                    op, ": grad_out must have shape (", g.N, ", ", g.C * g.M, ", ", g.OH, ", ", g.OW, "), got ",
+                    op, ": grad_out must have shape (", g.N, ", ", channels, ", ", g.OH, ", ", g.OW, "), got ",
                     grad_out.sizes());
   TORCH_CHECK_TYPE(grad_out.scalar_type() == input.scalar_type(), op, ": grad_out dtype ", grad_out.scalar_type(),
                    " differs from input dtype ", input.scalar_type());
@@ -114,7 +116,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> backward_op(const at::Tensor& gra
                                                            const Fresh& fresh) {
   const char* op = "fusedopt.depthwise_conv2d_backward";
   const Prepared p = prepare(op, input, weight, std::nullopt, stride, padding, dilation);
-  check_grad_out(op, grad_out, input, p.g);
+  check_grad_out(op, grad_out, input, p.g, num_out_channels(p.g));
   const at::Tensor x = input.contiguous(p.fmt), w = weight.contiguous(), go = grad_out.contiguous(p.fmt);
   const auto opts = input.options();
   // Outputs not asked for come back empty (shape (0,)), so the schema stays all-Tensor.

@@ -101,14 +101,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> separable_backward(
   const int64_t CM = g.C * g.M, P = g.OH * g.OW, K = num_taps(g);
   check_pointwise(op, pw_weight, std::nullopt, input, CM);
   const int64_t O2 = pw_weight.size(0);
-  TORCH_CHECK_VALUE(grad_out.dim() == 4 && grad_out.size(0) == g.N && grad_out.size(1) == O2 &&
-                        grad_out.size(2) == g.OH && grad_out.size(3) == g.OW,
-                    op, ": grad_out must have shape (", g.N, ", ", O2, ", ", g.OH, ", ", g.OW, "), got ",
-                    grad_out.sizes());
-  TORCH_CHECK_TYPE(grad_out.scalar_type() == input.scalar_type(), op, ": grad_out dtype ", grad_out.scalar_type(),
-                   " differs from input dtype ", input.scalar_type());
-  TORCH_CHECK_VALUE(grad_out.device() == input.device(), op, ": grad_out is on ", grad_out.device(),
-                    " but input on ", input.device());
+  check_grad_out(op, grad_out, input, g, O2);
   const at::Tensor x = input.contiguous(p.fmt), w = dw_weight.contiguous(), go = grad_out.contiguous(p.fmt);
   const at::Tensor w2 = pw_weight.reshape({O2, CM}).contiguous();
   const auto opts = input.options();
