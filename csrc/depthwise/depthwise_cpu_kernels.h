@@ -288,12 +288,30 @@ struct BlockGeom {
   int64_t OH, OW, KH, KW, SH, SW, DH, DW, ld;
 };
 
-// Calls body(unit) with unit a compile-time true when the columns step by one pixel
-// (stride and dilation 1), so that tap offsets become constants.
-template <class Body>
-void with_unit_columns(const BlockGeom& b, const Body& body) {
-  if (b.SW == 1 && b.DW == 1) return body(std::true_type{});
-  return body(std::false_type{});
+// Calls pixel(oh, ow, taps) for every output of a block walk, in order; taps(f) calls
+// f(t, v) for each tap t = i * KW + j, v the kPB values it reads. Columns that step by
+// one pixel (stride and dilation 1) get constant tap offsets.
+template <int KH_, int KW_, class Acc, class Pixel>
+void walk_block(const Acc* src, const BlockGeom& b, RowPrefetch* ahead, const Pixel& pixel) {
+  const int64_t KH = KH_ > 0 ? KH_ : b.KH, KW = KW_ > 0 ? KW_ : b.KW;
+  auto walk = [&](auto unit) {
+    constexpr bool U = decltype(unit)::value;
+    for (int64_t oh = 0; oh < b.OH; ++oh) {
+      const Acc* row = src + oh * b.SH * b.ld * kPB;
+      if (ahead) ahead->step();
+      for (int64_t ow = 0; ow < b.OW; ++ow) {
+        const Acc* s = row + ow * (U ? 1 : b.SW) * kPB;
+        pixel(oh, ow, [&](const auto& f) {
+#pragma GCC unroll 7
+          for (int64_t i = 0; i < KH; ++i)
+#pragma GCC unroll 7
+            for (int64_t j = 0; j < KW; ++j) f(i * KW + j, load8<Acc>(s + (i * b.DH * b.ld + j * (U ? 1 : b.DW)) * kPB));
+        });
+      }
+    }
+  };
+  if (b.SW == 1 && b.DW == 1) return walk(std::true_type{});
+  walk(std::false_type{});
 }
 
 // dst[(oh * OW + ow) * kPB + k] = init[k] + sum over taps t of w8[t * kPB + k] * src(tap).
@@ -301,31 +319,15 @@ template <int KH_, int KW_, class Acc>
 void correlate_block(const Acc* src, const BlockGeom b, const Acc* w8, const Acc* init, Acc* dst,
                      RowPrefetch* ahead = nullptr) {
   constexpr int K_ = KH_ * KW_;
-  const int64_t KH = KH_ > 0 ? KH_ : b.KH, KW = KW_ > 0 ? KW_ : b.KW;
-  with_unit_columns(b, [&](auto unit) {
-    // Fixed kernel sizes: the weights are locals, so they stay in registers.
-    Vec8<Acc> wl[K_ > 0 ? K_ : 1];
-    if constexpr (K_ > 0)
-      for (int t = 0; t < K_; ++t) wl[t] = load8<Acc>(w8 + t * kPB);
-    const Vec8<Acc> v0 = load8<Acc>(init);
-    for (int64_t oh = 0; oh < b.OH; ++oh) {
-      const Acc* row = src + oh * b.SH * b.ld * kPB;
-      Acc* d = dst + oh * b.OW * kPB;
-      if (ahead) ahead->step();
-      for (int64_t ow = 0; ow < b.OW; ++ow) {
-        const Acc* s = row + ow * (decltype(unit)::value ? 1 : b.SW) * kPB;
-        Vec8<Acc> acc = v0;
-#pragma GCC unroll 7
-        for (int64_t i = 0; i < KH; ++i)
-#pragma GCC unroll 7
-          for (int64_t j = 0; j < KW; ++j) {
-            const int64_t o = (i * b.DH * b.ld + j * (decltype(unit)::value ? 1 : b.DW)) * kPB;
-            const Vec8<Acc> wv = K_ > 0 ? wl[i * KW + j] : load8<Acc>(w8 + (i * KW + j) * kPB);
-            acc += wv * load8<Acc>(s + o);
-          }
-        store8<Acc>(d + ow * kPB, acc);
-      }
-    }
+  // Fixed kernel sizes: the weights are locals, so they stay in registers.
+  Vec8<Acc> wl[K_ > 0 ? K_ : 1];
+  if constexpr (K_ > 0)
+    for (int t = 0; t < K_; ++t) wl[t] = load8<Acc>(w8 + t * kPB);
+  const Vec8<Acc> v0 = load8<Acc>(init);
+  walk_block<KH_, KW_>(src, b, ahead, [&](int64_t oh, int64_t ow, const auto& taps) {
+    Vec8<Acc> acc = v0;
+    taps([&](int64_t t, Vec8<Acc> v) { acc += (K_ > 0 ? wl[t] : load8<Acc>(w8 + t * kPB)) * v; });
+    store8<Acc>(dst + (oh * b.OW + ow) * kPB, acc);
   });
 }
 
@@ -335,42 +337,24 @@ template <int KH_, int KW_, class Acc>
 void weight_grad_block(const Acc* src, const BlockGeom b, const Acc* gsrc, int64_t gld, Acc* out,
                        RowPrefetch* ahead = nullptr) {
   constexpr int K_ = KH_ * KW_;
-  const int64_t KH = KH_ > 0 ? KH_ : b.KH, KW = KW_ > 0 ? KW_ : b.KW, K = KH * KW;
-  with_unit_columns(b, [&](auto unit) {
-    Vec8<Acc> al[K_ > 0 ? K_ + 1 : 1];  // fixed kernel sizes: sums in registers
-    Acc* ah = out;
-    Vec8<Acc> gsum = {};
-    if constexpr (K_ > 0) {
-      for (int t = 0; t < K_; ++t) al[t] = Vec8<Acc>{};
-    } else {
-      std::fill(out, out + K * kPB, Acc(0));
-    }
-    for (int64_t oh = 0; oh < b.OH; ++oh) {
-      const Acc* row = src + oh * b.SH * b.ld * kPB;
-      const Acc* grow = gsrc + oh * gld * kPB;
-      if (ahead) ahead->step();
-      for (int64_t ow = 0; ow < b.OW; ++ow) {
-        const Acc* s = row + ow * (decltype(unit)::value ? 1 : b.SW) * kPB;
-        const Vec8<Acc> gv = load8<Acc>(grow + ow * kPB);
-        gsum += gv;
-#pragma GCC unroll 7
-        for (int64_t i = 0; i < KH; ++i)
-#pragma GCC unroll 7
-          for (int64_t j = 0; j < KW; ++j) {
-            const int64_t o = (i * b.DH * b.ld + j * (decltype(unit)::value ? 1 : b.DW)) * kPB;
-            const int64_t t = i * KW + j;
-            if constexpr (K_ > 0) {
-              al[t] += gv * load8<Acc>(s + o);
-            } else {
-              store8<Acc>(ah + t * kPB, load8<Acc>(ah + t * kPB) + gv * load8<Acc>(s + o));
-            }
-          }
+  const int64_t K = K_ > 0 ? K_ : b.KH * b.KW;
+  Vec8<Acc> al[K_ > 0 ? K_ : 1];  // fixed kernel sizes: sums in registers
+  for (int t = 0; t < K_; ++t) al[t] = Vec8<Acc>{};
+  if constexpr (K_ == 0) std::fill(out, out + K * kPB, Acc(0));
+  Vec8<Acc> gsum = {};
+  walk_block<KH_, KW_>(src, b, ahead, [&](int64_t oh, int64_t ow, const auto& taps) {
+    const Vec8<Acc> gv = load8<Acc>(gsrc + (oh * gld + ow) * kPB);
+    gsum += gv;
+    taps([&](int64_t t, Vec8<Acc> v) {
+      if constexpr (K_ > 0) {
+        al[t] += gv * v;
+      } else {
+        store8<Acc>(out + t * kPB, load8<Acc>(out + t * kPB) + gv * v);
       }
-    }
-    if constexpr (K_ > 0)
-      for (int t = 0; t < K_; ++t) store8<Acc>(out + t * kPB, al[t]);
-    store8<Acc>(out + K * kPB, gsum);
+    });
   });
+  for (int t = 0; t < K_; ++t) store8<Acc>(out + t * kPB, al[t]);
+  store8<Acc>(out + K * kPB, gsum);
 }
 
 // The block path takes every NCHW case with depth multiplier 1 and channels a multiple
@@ -399,26 +383,35 @@ struct BlockWeights {
   const Acc* bias(int64_t c0) const { return b8.data() + c0; }
 };
 
+// Sums `parts` arrays of len values (part p at src + p * len) element by element in part
+// order, so that the bits do not depend on the thread count, and hands each sum to
+// put(e, sum). Each thread reads its range of every part contiguously.
+template <class Acc, class Put>
+void sum_parts_in_order(const Acc* src, int64_t parts, int64_t len, const Put& put) {
+  at::parallel_for(0, len, 256, [&](int64_t begin, int64_t end) {
+    std::vector<Acc> s(end - begin, Acc(0));
+    for (int64_t p = 0; p < parts; ++p) {
+      const Acc* row = src + p * len + begin;
+      for (int64_t e = 0; e < end - begin; ++e) s[e] += row[e];
+    }
+    for (int64_t e = begin; e < end; ++e) put(e, s[e - begin]);
+  });
+}
+
+// Tap t < K of channel o is grad_weight[o, t]; tap K is grad_bias[o] (either may be null).
+template <class Acc, class T>
+inline void put_weight_grad(T* gw, T* gb, int64_t K, int64_t o, int64_t t, Acc v) {
+  if (t < K && gw) gw[o * K + t] = static_cast<T>(v);
+  if (t == K && gb) gb[o] = static_cast<T>(v);
+}
+
 // grad_weight and grad_bias from per-(image, channel) partials part[(n * O + o) * (K + 1)
-// + t], summed over the batch in a fixed order: the same bits for any thread count.
+// + t], summed over the batch in image order.
 template <class Acc, class T>
 void sum_channel_partials(const Geom& g, const Acc* part, T* gw, T* gb) {
   const int64_t O = num_out_channels(g), K = num_taps(g);
-  at::parallel_for(0, O, 16, [&](int64_t begin, int64_t end) {
-    // Image by image over this range of channels: contiguous reads, each sum in n order.
-    const int64_t len = (end - begin) * (K + 1);
-    std::vector<Acc> s(len, Acc(0));
-    for (int64_t n = 0; n < g.N; ++n) {
-      const Acc* src = part + (n * O + begin) * (K + 1);
-      for (int64_t e = 0; e < len; ++e) s[e] += src[e];
-    }
-    for (int64_t o = begin; o < end; ++o)
-      for (int64_t t = 0; t <= K; ++t) {
-        const Acc v = s[(o - begin) * (K + 1) + t];
-        if (t < K && gw) gw[o * K + t] = static_cast<T>(v);
-        if (t == K && gb) gb[o] = static_cast<T>(v);
-      }
-  });
+  sum_parts_in_order(part, g.N, O * (K + 1),
+                     [&](int64_t e, Acc v) { put_weight_grad(gw, gb, K, e / (K + 1), e % (K + 1), v); });
 }
 
 template <int KH_, int KW_, class Acc, class T>
@@ -455,33 +448,47 @@ inline int64_t floor_div(int64_t a, int64_t b) { return a >= 0 ? a / b : -((-a +
 // grad_input of a block by phases, for any stride: the input pixels with the same
 // (ih % SH, iw % SW) take the same taps, and each tap's grad_out moves one pixel per SH
 // input rows and SW input columns. grad_out (oh, ow) is at ((oh + GT) * GW + ow + GL) of
-// gob, zero around it wherever a tap reads outside.
-template <class Acc>
-void input_grad_phases(const Acc* gob, int64_t GT, int64_t GL, int64_t GW, const Geom& g, const Acc* w8, Acc* gib,
-                       int64_t* off, int64_t* tap, RowPrefetch& ahead) {
+// the grad_out buffer, zero around it wherever a tap reads outside.
+struct BlockPhase {
+  int64_t ph, pw;
+  std::vector<int64_t> off, tap;  // per tap: buffer offset and weight offset (elements)
+};
+
+inline std::vector<BlockPhase> block_phases(const Geom& g, int64_t GT, int64_t GL, int64_t GW) {
+  std::vector<BlockPhase> phases;
   for (int64_t ph = 0; ph < g.SH; ++ph)
     for (int64_t pw = 0; pw < g.SW; ++pw) {
-      int64_t cnt = 0;
+      BlockPhase p{ph, pw, {}, {}};
       for (int64_t i = 0; i < g.KH; ++i) {
         const int64_t rnum = ph + g.PT - i * g.DH;
         if (rnum % g.SH != 0) continue;
         for (int64_t j = 0; j < g.KW; ++j) {
           const int64_t cnum = pw + g.PL - j * g.DW;
           if (cnum % g.SW != 0) continue;
-          off[cnt] = ((rnum / g.SH + GT) * GW + cnum / g.SW + GL) * kPB;
-          tap[cnt++] = (i * g.KW + j) * kPB;
+          p.off.push_back(((rnum / g.SH + GT) * GW + cnum / g.SW + GL) * kPB);
+          p.tap.push_back((i * g.KW + j) * kPB);
         }
       }
-      for (int64_t ih = ph, q = 0; ih < g.H; ih += g.SH, ++q) {
-        if (pw == 0) ahead.step();
-        for (int64_t iw = pw, s = 0; iw < g.W; iw += g.SW, ++s) {
-          const Acc* base = gob + (q * GW + s) * kPB;
-          Vec8<Acc> acc = {};
-          for (int64_t t = 0; t < cnt; ++t) acc += load8<Acc>(w8 + tap[t]) * load8<Acc>(base + off[t]);
-          store8<Acc>(gib + (ih * g.W + iw) * kPB, acc);
-        }
+      phases.push_back(std::move(p));
+    }
+  return phases;
+}
+
+template <class Acc>
+void input_grad_phases(const Acc* gob, int64_t GW, const std::vector<BlockPhase>& phases, const Geom& g,
+                       const Acc* w8, Acc* gib, RowPrefetch& ahead) {
+  for (const BlockPhase& p : phases) {
+    const int64_t cnt = static_cast<int64_t>(p.off.size());
+    for (int64_t ih = p.ph, q = 0; ih < g.H; ih += g.SH, ++q) {
+      if (p.pw == 0) ahead.step();
+      for (int64_t iw = p.pw, s = 0; iw < g.W; iw += g.SW, ++s) {
+        const Acc* base = gob + (q * GW + s) * kPB;
+        Vec8<Acc> acc = {};
+        for (int64_t t = 0; t < cnt; ++t) acc += load8<Acc>(w8 + p.tap[t]) * load8<Acc>(base + p.off[t]);
+        store8<Acc>(gib + (ih * g.W + iw) * kPB, acc);
       }
     }
+  }
 }
 
 // grad_input and the grad_weight / grad_bias partials of each channel, into
@@ -510,10 +517,10 @@ void backward_blocked(const BackwardArgs& a, Acc* part) {
   // Flipped correlation: input (ih, iw) tap (i, j) reads buffer (ih + i*DH, iw + j*DW).
   const BlockGeom flipped{g.H, g.W, g.KH, g.KW, 1, 1, g.DH, g.DW, GW};
   const BlockWeights<Acc> bw(wt, static_cast<const T*>(nullptr), gi.data ? g.C : 0, K, flip);
+  const std::vector<BlockPhase> phases = gi.data && !flip ? block_phases(g, GT, GL, GW) : std::vector<BlockPhase>();
   parallel_tasks(g.N * blocks, [&](int64_t begin, int64_t end) {
     std::vector<Acc> xb(part ? Hp * Wp * kPB : 0, Acc(0)), gob(GH * GW * kPB, Acc(0));
     std::vector<Acc> gib(gi.data ? HW * kPB : 0), pw((K + 1) * kPB);
-    std::vector<int64_t> off(K), tap(K);
     RowPrefetch ahead;  // the next block's grad_out, input and grad_input
     const int64_t steps = (part ? g.OH : 0) + (gi.data ? g.H : 0);
     for (int64_t blk = begin; blk < end; ++blk) {
@@ -536,7 +543,7 @@ void backward_blocked(const BackwardArgs& a, Acc* part) {
         // row ih + PT - i*DH: the flipped kernel over the buffer from (GT - (RH - PT)) = 0.
         correlate_block<KH_, KW_>(gob.data(), flipped, w8, bw.bias(c0), gib.data(), &ahead);
       } else {
-        input_grad_phases(gob.data(), GT, GL, GW, g, w8, gib.data(), off.data(), tap.data(), ahead);
+        input_grad_phases(gob.data(), GW, phases, g, w8, gib.data(), ahead);
       }
       gi.write(gib.data(), g.W, 0, 0, n, c0);
     }
@@ -1342,19 +1349,7 @@ void backward_cl(const BackwardArgs& a) {
       }
     }
   });
-  at::parallel_for(0, stride, 256, [&](int64_t begin, int64_t end) {
-    // Chunk by chunk over this range: contiguous reads, each sum in chunk order.
-    std::vector<Acc> s(end - begin, Acc(0));
-    for (int64_t ch = 0; ch < chunks; ++ch) {
-      const Acc* src = part.data() + ch * stride + begin;
-      for (int64_t e = 0; e < end - begin; ++e) s[e] += src[e];
-    }
-    for (int64_t e = begin; e < end; ++e) {
-      const int64_t t = e / O, o = e % O;
-      if (t < K && gw) gw[o * K + t] = static_cast<T>(s[e - begin]);
-      if (t == K && gb) gb[o] = static_cast<T>(s[e - begin]);
-    }
-  });
+  sum_parts_in_order(part.data(), chunks, stride, [&](int64_t e, Acc v) { put_weight_grad(gw, gb, K, e % O, e / O, v); });
 }
 
 }  // namespace
