@@ -1273,10 +1273,14 @@ void backward_cl(const BackwardArgs& a) {
   if (!gw && !gb) return;
   // Partials per fixed chunk of output rows (not per thread), summed in chunk order.
   // Within a row: per channel block and tap, the products over the row's outputs are
-  // summed in registers, then added to the chunk's partial once.
+  // summed in registers, then added to the chunk's partial once. At most 64 chunks, and
+  // fewer where the partials would pass kPartBytes (many channels): zeroing and summing
+  // partials beyond the caches cost (32,960,7,7) grad_weight a quarter of its time.
+  constexpr int64_t kPartBytes = 256 << 10;
   const int64_t rows = g.N * g.OH;
-  const int64_t chunks = std::min<int64_t>(rows, 64);
   const int64_t stride = (K + 1) * O;
+  const int64_t fit = kPartBytes / (stride * static_cast<int64_t>(sizeof(Acc)));
+  const int64_t chunks = std::min<int64_t>(rows, std::clamp<int64_t>(fit, 8, 64));
   std::vector<Acc> part(chunks * stride, Acc(0));
   // Outputs ow whose tap j lands inside the input row: iw = ow*SW - PL + j*DW in [0, W).
   std::vector<int64_t> ow_lo(g.KW), ow_hi(g.KW);
