@@ -191,10 +191,14 @@ def test_channel_blocks_dtypes(case, dtype, simd):
         check_case(case, dtype, "cpu", cl, 2 * tol, tol, bias=dtype != torch.float64)
 
 
+# channels_last, stride 1, size-preserving padding: the full backward walks the rows
+# once for grad_input and grad_weight together, a single grad walks them alone; both
+# must give the same bits.
+@pytest.mark.parametrize("channels_last", [False, True], ids=["nchw", "channels_last"])
 @pytest.mark.parametrize("mask", [(True, False, False), (False, True, False), (False, False, True)])
-@pytest.mark.parametrize("case", [BLOCK_CASES[0], BLOCK_CASES[1]], ids=case_id)
-def test_channel_blocks_some_grads(case, mask):
-    x, w, b, s, p, d = make(case)
+@pytest.mark.parametrize("case", [BLOCK_CASES[0], BLOCK_CASES[1], BLOCK_CASES[2], BLOCK_CASES[10]], ids=case_id)
+def test_channel_blocks_some_grads(case, mask, channels_last):
+    x, w, b, s, p, d = make(case, channels_last=channels_last)
     p4 = pad4(p, w.shape[2:], (d, d))
     y = OPS.depthwise_conv2d(x, w, b, [s, s], p4, [d, d])
     g = torch.randn_like(y)
