@@ -174,6 +174,10 @@ def test_mobilenet_shapes_match_torch(simd):
 BLOCK_CASES = [(n, 16, h, w, k, s, p, d, 1) for (n, _, h, w, k, s, p, d, _) in CASES] + [
     (1, 8, 1, 1, 3, 1, 1, 1, 1),
     (2, 24, 5, 5, 3, 1, 3, 1, 1),  # padding beyond the kernel's reach
+    # Larger planes, one with rows of padding only.
+    (1, 8, 37, 35, 3, 1, 1, 1, 1),
+    (1, 8, 45, 40, 5, 2, 2, 2, 1),
+    (1, 8, 33, 40, 3, 1, 20, 1, 1),  # whole strips of padding
 ]
 
 
