@@ -906,21 +906,24 @@ inline int64_t valid_taps_in(const Geom& g, int64_t n, int64_t ih, int64_t iw, i
 }
 
 // One register block of B channels of one pixel: dst[c] = init[c] + sum over the cnt
-// taps of w[tap * ldw + c] * src[off + c], c in [c0, c0 + B).
+// taps of w[tap * ldw + c] * src[off + c], c in [c0, c0 + B). Eight channels per
+// vector, so that bf16/fp16 convert eight at a time (load8/store8).
 template <int B, class Acc, class T>
 inline void pixel_block_fixed(const Acc* init, const Acc* w, int64_t ldw, const T* src, const int64_t* tap,
                               const int64_t* off, int64_t cnt, int64_t c0, T* dst) {
-  Acc a[B];
-#pragma GCC unroll 32
-  for (int q = 0; q < B; ++q) a[q] = init ? init[c0 + q] : Acc(0);
+  static_assert(B % kPB == 0, "whole vectors");
+  constexpr int V = B / kPB;
+  Vec8<Acc> a[V];
+#pragma GCC unroll 4
+  for (int k = 0; k < V; ++k) a[k] = init ? load8<Acc>(init + c0 + k * kPB) : Vec8<Acc>{};
   for (int64_t v = 0; v < cnt; ++v) {
     const Acc* wr = w + tap[v] * ldw + c0;
     const T* s = src + off[v] + c0;
-#pragma GCC unroll 32
-    for (int q = 0; q < B; ++q) a[q] += wr[q] * static_cast<Acc>(s[q]);
+#pragma GCC unroll 4
+    for (int k = 0; k < V; ++k) a[k] += load8<Acc>(wr + k * kPB) * load8<Acc>(s + k * kPB);
   }
-#pragma GCC unroll 32
-  for (int q = 0; q < B; ++q) dst[c0 + q] = static_cast<T>(a[q]);
+#pragma GCC unroll 4
+  for (int k = 0; k < V; ++k) store8<Acc>(dst + c0 + k * kPB, a[k]);
 }
 
 // Channels [c0, c0 + len) of one pixel. src_div: 1, or M when src is the input and the
@@ -945,23 +948,27 @@ inline void pixel_block(const Acc* init, const Acc* w, int64_t ldw, const T* src
 template <int B, int P, class Acc, class T>
 inline void pixels_block(const Acc* init, const Acc* w, int64_t ldw, const T* src, const int64_t* tap,
                          const int64_t* off, int64_t cnt, int64_t pstep, int64_t c0, T* dst, int64_t dstep) {
-  Acc a[P][B];
-#pragma GCC unroll 64
+  static_assert(B % kPB == 0, "whole vectors");
+  constexpr int V = B / kPB;
+  Vec8<Acc> a[P][V];
+#pragma GCC unroll 8
   for (int p = 0; p < P; ++p)
-#pragma GCC unroll 32
-    for (int q = 0; q < B; ++q) a[p][q] = init ? init[c0 + q] : Acc(0);
+#pragma GCC unroll 4
+    for (int k = 0; k < V; ++k) a[p][k] = init ? load8<Acc>(init + c0 + k * kPB) : Vec8<Acc>{};
   for (int64_t v = 0; v < cnt; ++v) {
     const Acc* wr = w + tap[v] * ldw + c0;
     const T* s = src + off[v] + c0;
-#pragma GCC unroll 64
-    for (int p = 0; p < P; ++p)
-#pragma GCC unroll 32
-      for (int q = 0; q < B; ++q) a[p][q] += wr[q] * static_cast<Acc>(s[p * pstep + q]);
+#pragma GCC unroll 4
+    for (int k = 0; k < V; ++k) {
+      const Vec8<Acc> wv = load8<Acc>(wr + k * kPB);
+#pragma GCC unroll 8
+      for (int p = 0; p < P; ++p) a[p][k] += wv * load8<Acc>(s + p * pstep + k * kPB);
+    }
   }
-#pragma GCC unroll 64
+#pragma GCC unroll 8
   for (int p = 0; p < P; ++p)
-#pragma GCC unroll 32
-    for (int q = 0; q < B; ++q) dst[p * dstep + c0 + q] = static_cast<T>(a[p][q]);
+#pragma GCC unroll 4
+    for (int k = 0; k < V; ++k) store8<Acc>(dst + p * dstep + c0 + k * kPB, a[p][k]);
 }
 
 // Whether pixels first .. first+P-1 read the same taps, shifted by pstep per pixel.
