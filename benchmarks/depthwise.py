@@ -6,10 +6,11 @@ separable block (depthwise + 1x1 pointwise) against two torch convs.
 Bytes moved by fusedopt's kernels per call (the model behind GB/s), E = element size:
   forward:           read input + write output                          (in + out) * E
   forward+backward:  forward, then grad_input and grad_weight:
-                     NCHW: one pass per plane reads grad_out and input, writes grad_input
+                     NCHW, and channels_last at stride 1 (size-preserving padding): one
+                           pass reads grad_out and input, writes grad_input
                            -> (in + out) + (out + in + in)
-                     channels_last: separate grad_input and grad_weight passes read
-                           grad_out twice -> (in + out) + (2 * out + in + in)
+                     channels_last at stride 2: separate grad_input and grad_weight
+                           passes read grad_out twice -> (in + out) + (2 * out + in + in)
   Weights, partials and per-plane scratch buffers (cache-resident) are not counted.
 Separable rows (depthwise then 1x1 pointwise to `out` channels), both paths against the
 same model, the traffic that any implementation must do (out2 = output elements):
@@ -91,7 +92,8 @@ def _depthwise_fns(case):
     ins, outs = n * c * h * w, n * c * oh * ow
     nbytes = (ins + outs) * E
     if backward:
-        nbytes += ((2 if case["layout"] == "channels_last" else 1) * outs + 2 * ins) * E
+        two_passes = case["layout"] == "channels_last" and s > 1
+        nbytes += ((2 if two_passes else 1) * outs + 2 * ins) * E
     return {"torch": torch_fn, "fusedopt": fused_fn}, nbytes, f"{n}x{c}x{h}x{w} k3 s{s}"
 
 
