@@ -177,7 +177,11 @@ BLOCK_CASES = [(n, 16, h, w, k, s, p, d, 1) for (n, _, h, w, k, s, p, d, _) in C
     # Larger planes, one with rows of padding only.
     (1, 8, 37, 35, 3, 1, 1, 1, 1),
     (1, 8, 45, 40, 5, 2, 2, 2, 1),
-    (1, 8, 33, 40, 3, 1, 20, 1, 1),  # whole strips of padding
+    (1, 8, 33, 40, 3, 1, 20, 1, 1),  # whole rows of padding
+    # Stride 1, asymmetric (top, bottom, left, right) padding that keeps the size: the
+    # channels_last backward's single walk.
+    (2, 16, 9, 11, 3, 1, (2, 0, 0, 2), 1, 1),
+    (1, 16, 8, 7, 5, 1, (0, 4, 3, 1), 1, 1),
 ]
 
 
