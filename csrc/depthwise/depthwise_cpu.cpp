@@ -6,6 +6,7 @@
 
 #include "../common/cpu_features.h"
 #include "../common/cpu_memory.h"
+#include "depthwise_cpu_partials.h"
 #include "depthwise_ops.h"
 #include "separable_ops.h"
 
@@ -42,12 +43,9 @@ struct CpuSeparable {
   // out[e] = sum over n of part[n][e], n in order.
   static void sum_images(const at::Tensor& part, at::Tensor& out) {
     AT_DISPATCH_FLOATING_TYPES(part.scalar_type(), "fusedopt.sum_images", [&] {
-      const int64_t N = part.size(0), E = part.size(1);
-      const scalar_t* src = part.const_data_ptr<scalar_t>();
       scalar_t* dst = out.mutable_data_ptr<scalar_t>();
-      for (int64_t e = 0; e < E; ++e) dst[e] = scalar_t(0);
-      for (int64_t n = 0; n < N; ++n)
-        for (int64_t e = 0; e < E; ++e) dst[e] += src[n * E + e];
+      sum_parts_in_order(part.const_data_ptr<scalar_t>(), part.size(0), part.size(1),
+                         [&](int64_t e, scalar_t v) { dst[e] = v; });
     });
   }
 };

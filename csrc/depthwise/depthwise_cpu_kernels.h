@@ -16,6 +16,7 @@
 // partials, summed in a fixed order at the end, so results do not depend on the thread
 // count.
 #include "../common/dispatch.h"
+#include "depthwise_cpu_partials.h"
 #include "depthwise_kernels.h"
 
 namespace fusedopt {
@@ -384,21 +385,6 @@ struct BlockWeights {
   const Acc* weights(int64_t c0, int64_t K) const { return w8.data() + c0 * K; }
   const Acc* bias(int64_t c0) const { return b8.data() + c0; }
 };
-
-// Sums `parts` arrays of len values (part p at src + p * len) element by element in part
-// order, so that the bits do not depend on the thread count, and hands each sum to
-// put(e, sum). Each thread reads its range of every part contiguously.
-template <class Acc, class Put>
-void sum_parts_in_order(const Acc* src, int64_t parts, int64_t len, const Put& put) {
-  at::parallel_for(0, len, 256, [&](int64_t begin, int64_t end) {
-    std::vector<Acc> s(end - begin, Acc(0));
-    for (int64_t p = 0; p < parts; ++p) {
-      const Acc* row = src + p * len + begin;
-      for (int64_t e = 0; e < end - begin; ++e) s[e] += row[e];
-    }
-    for (int64_t e = begin; e < end; ++e) put(e, s[e - begin]);
-  });
-}
 
 // Tap t < K of channel o is grad_weight[o, t]; tap K is grad_bias[o] (either may be null).
 template <class Acc, class T>
@@ -1018,9 +1004,9 @@ void row_pixels(const Acc* init, const Acc* w, int64_t ldw, const T* src, const 
 }
 
 // channels_last, fixed kernel sizes, depth multiplier 1, channels a multiple of kPB,
-// float/double, or bf16/fp16 in the AVX2 unit (converted eight at a time): per row, one block of kPB channels at a time across the whole row, so that
-// the block's tap weights (forward, grad_input) or tap sums (grad_weight) stay in
-// registers: one load per multiply-add, where the pixel-group kernels above also load
+// float/double, or bf16/fp16 in the AVX2 unit (converted eight at a time): per row, one
+// block of kPB channels at a time across the whole row, so that the block's tap weights
+// (forward, grad_input) or tap sums (grad_weight) stay in registers: one load per multiply-add, where the pixel-group kernels above also load
 // a weight. Kernel rows outside the input read a row of zeros; pixels whose taps leave
 // the row on the left or right check each tap. Forward+backward float32, 2 threads,
 // 3x3 pad 1, against the pixel-group kernels, in alternating runs: (32,960,7,7) 2.1 ->
@@ -1216,11 +1202,6 @@ void backward_cl_rows_fused(const BackwardArgs& a, const Acc* w, const T* zeros,
   const int64_t C = g.C, row = g.W * C, rows = g.N * g.H;
   const int64_t row_bytes = row * static_cast<int64_t>(sizeof(T));
   const ClRowWalk gi_walk{C, g.OW, g.W, 1, g.PL, -g.DW}, gw_walk{C, g.W, g.OW, 1, -g.PL, g.DW};
-  // The newest row (flattened over the batch) that row rr's taps read, or -1.
-  auto newest = [&](int64_t rr, int64_t shift) {
-    const int64_t h = rr % g.H + shift;
-    return h >= 0 && h < g.H ? rr - rr % g.H + h : -1;
-  };
   parallel_tasks(chunks, [&](int64_t begin, int64_t end) {
     RowPrefetch ahead;
     for (int64_t ch = begin; ch < end; ++ch) {
@@ -1237,9 +1218,12 @@ void backward_cl_rows_fused(const BackwardArgs& a, const Acc* w, const T* zeros,
         }
         // The next row's newest grad_out and input rows, and its grad_input row.
         const bool more = r + 1 < r_end;
-        const int64_t ny = more ? newest(r + 1, g.PT) : -1, nx = more ? newest(r + 1, (KH_ - 1) * g.DH - g.PT) : -1;
-        ahead.reset(ny >= 0 ? go + ny * row : nullptr, ny >= 0 ? row_bytes : 0, more ? gi + (r + 1) * row : nullptr,
-                    more ? row_bytes : 0, 2 * C / kPB, nx >= 0 ? in + nx * row : nullptr, nx >= 0 ? row_bytes : 0);
+        const int64_t noh = (r + 1) % g.H + g.PT;
+        const bool has_dy = more && noh < g.OH;
+        int64_t x_bytes = 0;
+        const T* next_x = next_row_inputs(g, in, r, more, &x_bytes);
+        ahead.reset(has_dy ? go + ((r + 1) / g.H * g.OH + noh) * row : nullptr, has_dy ? row_bytes : 0,
+                    more ? gi + (r + 1) * row : nullptr, more ? row_bytes : 0, 2 * C / kPB, next_x, x_bytes);
         cl_row_correlate<KH_, KW_, Acc>(dyrows, gi_walk, w, static_cast<const Acc*>(nullptr), gi + r * row, &ahead);
         cl_row_weight_grad<KH_, KW_, Acc>(xrows, gw_walk, go + r * row, P, &ahead);
       }
@@ -1368,10 +1352,6 @@ void backward_cl(const BackwardArgs& a) {
       const int64_t r_end = (ch + 1) * rows / chunks;
       if constexpr (cl_blocks_compiled<KH_, KW_, Acc, T>()) {
         if (blocks) {
-          // The input row (flattened over the batch) past the last one output row rr reads.
-          auto x_end = [&](int64_t rr) {
-            return (rr / g.OH) * g.H + std::min(g.H, tap_source(rr % g.OH, KH_ - 1, g.SH, g.DH, g.PT) + 1);
-          };
           const ClRowWalk rw{C, g.W, g.OW, g.SW, -g.PL, g.DW};
           RowPrefetch ahead;
           for (int64_t r = ch * rows / chunks; r < r_end; ++r) {
@@ -1383,9 +1363,10 @@ void backward_cl(const BackwardArgs& a) {
             }
             // The next row's grad_out row and the input rows it adds.
             const bool more = r + 1 < r_end;
-            const int64_t x0 = x_end(r), x1 = more ? std::max(x0, x_end(r + 1)) : x0;
-            ahead.reset(in + x0 * g.W * C, (x1 - x0) * g.W * C * static_cast<int64_t>(sizeof(T)), nullptr, 0, C / kPB,
-                        go + (r + 1) * g.OW * O, more ? g.OW * O * static_cast<int64_t>(sizeof(T)) : 0);
+            int64_t x_bytes = 0;
+            const T* next_x = next_row_inputs(g, in, r, more, &x_bytes);
+            ahead.reset(next_x, x_bytes, nullptr, 0, C / kPB, go + (r + 1) * g.OW * O,
+                        more ? g.OW * O * static_cast<int64_t>(sizeof(T)) : 0);
             cl_row_weight_grad<KH_, KW_, Acc>(xrows, rw, go + r * g.OW * O, P, &ahead);
           }
           continue;
