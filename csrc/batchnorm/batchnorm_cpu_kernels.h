@@ -117,8 +117,10 @@ Welford chunk_stats(const T* p, int64_t plane_stride, int64_t planes, int64_t le
       const T* q = p + k * plane_stride;
       int64_t i = 0;
       for (; i + 2 * N <= len; i += 2 * N) {
-        a0 = a0 + (L::load(q + i) - vp);
-        a1 = a1 + (L::load(q + i + N) - vp);
+        V u0, u1;
+        L::load2(q + i, u0, u1);
+        a0 = a0 + (u0 - vp);
+        a1 = a1 + (u1 - vp);
       }
       for (; i + N <= len; i += N) a0 = a0 + (L::load(q + i) - vp);
       if (i < len)
@@ -139,7 +141,10 @@ Welford chunk_stats(const T* p, int64_t plane_stride, int64_t planes, int64_t le
       const T* r = p + k * plane_stride;
       int64_t i = 0;
       for (; i + 2 * N <= len; i += 2 * N) {
-        const V e0 = L::load(r + i) - vm, e1 = L::load(r + i + N) - vm;
+        V e0, e1;
+        L::load2(r + i, e0, e1);
+        e0 = e0 - vm;
+        e1 = e1 - vm;
         d0 = d0 + e0;
         d1 = d1 + e1;
         q0 = q0 + e0 * e0;
@@ -224,6 +229,15 @@ void plane_channel_apply(const T* x, T* y, const T* res, bool relu, const Geom& 
     const T* pr = has_res ? res + off : nullptr;
     const OutputAhead ahead(y, g, n, c);
     int64_t i = 0;
+    for (; i + 2 * N <= g.inner; i += 2 * N) {
+      ahead.at(i);
+      ahead.at(i + N);
+      V v0, v1, r0 = zero, r1 = zero;
+      L::load2(px + i, v0, v1);
+      if (has_res) L::load2(pr + i, r0, r1);
+      L::store2(py + i, bn_finish(bn_forward(v0, vm, vs, vb), r0, has_res, relu),
+                bn_finish(bn_forward(v1, vm, vs, vb), r1, has_res, relu));
+    }
     for (; i + N <= g.inner; i += N) {
       ahead.at(i);
       const V v = bn_forward(L::load(px + i), vm, vs, vb);
@@ -264,12 +278,29 @@ void plane_channel_reduce(const T* dy, const T* x, const T* out, const Geom& g, 
       const int64_t e = std::min(g.inner, s + kPlaneChunk);
       int64_t i = s;
       if (po) {
+        for (; i + 2 * N <= e; i += 2 * N) {
+          V d0, d1, o0, o1, x0, x1;
+          L::load2(pd + i, d0, d1);
+          L::load2(po + i, o0, o1);
+          L::load2(px + i, x0, x1);
+          d0 = bn_keep_if_pos(o0, d0);
+          d1 = bn_keep_if_pos(o1, d1);
+          a = a + (d0 + d1);
+          b = b + (d0 * (x0 - vm) + d1 * (x1 - vm));
+        }
         for (; i + N <= e; i += N) {
           const V d = bn_keep_if_pos(L::load(po + i), L::load(pd + i));
           a = a + d;
           b = b + d * (L::load(px + i) - vm);
         }
       } else {
+        for (; i + 2 * N <= e; i += 2 * N) {
+          V d0, d1, x0, x1;
+          L::load2(pd + i, d0, d1);
+          L::load2(px + i, x0, x1);
+          a = a + (d0 + d1);
+          b = b + (d0 * (x0 - vm) + d1 * (x1 - vm));
+        }
         for (; i + N <= e; i += N) {
           const V d = L::load(pd + i);
           a = a + d;
@@ -318,6 +349,23 @@ void plane_channel_elemt(const T* dy, const T* x, const T* out, T* dx, T* dres, 
     T* pdr = dres ? dres + off : nullptr;
     const OutputAhead ahead(dx ? dx : dres, g, n, c);
     int64_t i = 0;
+    for (; i + 2 * N <= g.inner; i += 2 * N) {
+      ahead.at(i);
+      ahead.at(i + N);
+      V d0, d1, x0, x1;
+      L::load2(pd + i, d0, d1);
+      if (po) {
+        V o0, o1;
+        L::load2(po + i, o0, o1);
+        d0 = bn_keep_if_pos(o0, d0);
+        d1 = bn_keep_if_pos(o1, d1);
+      }
+      if (pdr) L::store2(pdr + i, d0, d1);
+      if (pdx) {
+        L::load2(px + i, x0, x1);
+        L::store2(pdx + i, bn_grad_input(d0, x0, vm, vmd, vk, va), bn_grad_input(d1, x1, vm, vmd, vk, va));
+      }
+    }
     for (; i + N <= g.inner; i += N) {
       ahead.at(i);
       V d = L::load(pd + i);

@@ -60,6 +60,8 @@ struct Lanes<float> {
   static constexpr int N = 8;
   static V load(const float* p) { return V(_mm256_loadu_ps(p)); }
   static void store(float* p, V x) { _mm256_storeu_ps(p, x.v); }
+  static void load2(const float* p, V& a, V& b) { a = load(p), b = load(p + N); }
+  static void store2(float* p, V a, V b) { store(p, a), store(p + N, b); }
 };
 
 template <>
@@ -68,6 +70,8 @@ struct Lanes<double> {
   static constexpr int N = 4;
   static V load(const double* p) { return V(_mm256_loadu_pd(p)); }
   static void store(double* p, V x) { _mm256_storeu_pd(p, x.v); }
+  static void load2(const double* p, V& a, V& b) { a = load(p), b = load(p + N); }
+  static void store2(double* p, V a, V b) { store(p, a), store(p + N, b); }
 };
 
 template <>
@@ -78,14 +82,18 @@ struct Lanes<c10::BFloat16> {
     const __m128i h = _mm_loadu_si128(reinterpret_cast<const __m128i*>(p));
     return V(_mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(h), 16)));
   }
-  static void store(c10::BFloat16* p, V x) {
-    // Round to nearest even; NaNs become the canonical quiet NaN, as c10 does.
-    const __m256i bits = _mm256_castps_si256(x.v);
-    const __m256i lsb = _mm256_and_si256(_mm256_srli_epi32(bits, 16), _mm256_set1_epi32(1));
-    const __m256i bias = _mm256_add_epi32(lsb, _mm256_set1_epi32(0x7fff));
-    __m256i r = _mm256_srli_epi32(_mm256_add_epi32(bits, bias), 16);
-    const __m256i nan = _mm256_castps_si256(_mm256_cmp_ps(x.v, x.v, _CMP_UNORD_Q));
-    pack_store(p, _mm256_blendv_epi8(r, _mm256_set1_epi32(0x7fc0), nan));
+  static void store(c10::BFloat16* p, V x) { pack_store(p, round_bits(x)); }
+  // 16 elements at once: one 256-bit load split by unpacking, so a holds elements
+  // 0-3 and 8-11, b holds 4-7 and 12-15. store2 packs them back in place, in-lane,
+  // which saves the cross-lane shuffles of two load/store calls. For elementwise work
+  // with the same coefficients in every lane, and for sums.
+  static void load2(const c10::BFloat16* p, V& a, V& b) {
+    const __m256i h = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(p));
+    a = V(_mm256_castsi256_ps(_mm256_unpacklo_epi16(_mm256_setzero_si256(), h)));
+    b = V(_mm256_castsi256_ps(_mm256_unpackhi_epi16(_mm256_setzero_si256(), h)));
+  }
+  static void store2(c10::BFloat16* p, V a, V b) {
+    _mm256_storeu_si256(reinterpret_cast<__m256i*>(p), _mm256_packus_epi32(round_bits(a), round_bits(b)));
   }
   // Stochastic rounding, lane for lane the same as bf16_bits_stochastic(x,
   // element_random(key, index + lane)) in rounding.h.
@@ -107,6 +115,15 @@ struct Lanes<c10::BFloat16> {
   }
 
  private:
+  // The bf16 bits of each lane in its low half, rounded to nearest even. A NaN becomes
+  // 0xffff, a NaN as in torch's vectorised conversion (its payload is not kept).
+  static __m256i round_bits(V x) {
+    const __m256i bits = _mm256_castps_si256(x.v);
+    const __m256i lsb = _mm256_and_si256(_mm256_srli_epi32(bits, 16), _mm256_set1_epi32(1));
+    const __m256i r = _mm256_srli_epi32(_mm256_add_epi32(bits, _mm256_add_epi32(lsb, _mm256_set1_epi32(0x7fff))), 16);
+    const __m256i nan = _mm256_castps_si256(_mm256_cmp_ps(x.v, x.v, _CMP_UNORD_Q));
+    return _mm256_or_si256(r, _mm256_srli_epi32(nan, 16));
+  }
   // Stores 8 x u32 (each below 2^16) as 8 x u16, in order.
   static void pack_store(c10::BFloat16* p, __m256i r) {
     const __m128i lo = _mm256_castsi256_si128(r), hi = _mm256_extracti128_si256(r, 1);
@@ -124,6 +141,8 @@ struct Lanes<c10::Half> {
   static void store(c10::Half* p, V x) {
     _mm_storeu_si128(reinterpret_cast<__m128i*>(p), _mm256_cvtps_ph(x.v, _MM_FROUND_TO_NEAREST_INT));
   }
+  static void load2(const c10::Half* p, V& a, V& b) { a = load(p), b = load(p + N); }
+  static void store2(c10::Half* p, V a, V b) { store(p, a), store(p + N, b); }
 };
 
 }  // namespace simd_avx2

@@ -242,34 +242,60 @@ def test_gradcheck_no_affine_3d():
     assert torch.autograd.gradgradcheck(lambda x: FF.batch_norm(x, None, None, training=True), (x,))
 
 
-def test_batch_norm_relu_matches_torch(simd):
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_batch_norm_relu_matches_torch(simd, dtype):
     torch.manual_seed(4)
     for channels_last in (False, True):
         for with_res in (False, True):
             ref, _ = _pair(2, 6, torch.float32)
             fused = BatchNormReLU2d(6)
             fused.load_state_dict(ref.state_dict())
-            x = _layout(torch.randn(4, 6, 7, 5), channels_last)
-            z = torch.randn(4, 6, 7, 5) if with_res else None
-            xr, xf = x.clone().requires_grad_(), x.clone().requires_grad_()
-            zr = z.clone().requires_grad_() if with_res else None
+            x = _layout(torch.randn(4, 6, 7, 5).to(dtype), channels_last)
+            z = torch.randn(4, 6, 7, 5).to(dtype) if with_res else None
+            # torch on the float32 copy: its bf16 path rounds bn(x) before adding z, which
+            # moves a few values across the relu's zero.
+            xr, xf = x.float().clone().requires_grad_(), x.clone().requires_grad_()
+            zr = z.float().clone().requires_grad_() if with_res else None
             zf = z.clone().requires_grad_() if with_res else None
             yr = ref(xr)
             yr = torch.relu(yr + zr) if with_res else torch.relu(yr)
             yf = fused(xf, zf)
-            dy = torch.randn_like(yr)
-            yr.backward(dy)
+            dy = torch.randn_like(yf)
+            yr.backward(dy.float())
             yf.backward(dy)
-            _close(yf, yr, torch.float32, "out")
-            _close(xf.grad, xr.grad, torch.float32, "grad_input", scale=4)
-            _close(fused.weight.grad, ref.weight.grad, torch.float32, "grad_weight", scale=20)
-            _close(fused.bias.grad, ref.bias.grad, torch.float32, "grad_bias", scale=20)
+            _close(yf, yr, dtype, "out")
+            _close(xf.grad, xr.grad, dtype, "grad_input", scale=4)
+            _close(fused.weight.grad, ref.weight.grad, dtype, "grad_weight", scale=20)
+            _close(fused.bias.grad, ref.bias.grad, dtype, "grad_bias", scale=20)
             if with_res:
-                _close(zf.grad, zr.grad, torch.float32, "grad_residual")
-            _close(fused.running_var, ref.running_var, torch.float32, "running_var")
+                _close(zf.grad, zr.grad, dtype, "grad_residual")
+            _close(fused.running_var, ref.running_var, dtype, "running_var")
             out64 = reference.batch_norm_forward(x, ref.weight.detach(), ref.bias.detach(), training=True, residual=z,
                                                  relu=True)[0]
-            _close(yf, out64, torch.float32, "out vs reference")
+            _close(yf, out64, dtype, "out vs reference")
+
+
+@pytest.mark.parametrize("channels_last", [False, True])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
+def test_nan_propagates_like_torch(simd, channels_last, dtype):
+    # One NaN makes its channel's statistics NaN: that channel's outputs and grads are all
+    # NaN in torch, the other channels untouched. Planes of 40 reach the paired vector loops.
+    torch.manual_seed(9)
+    ref, fused = _pair(2, 5, dtype)
+    x = torch.randn(3, 5, 8, 5).to(dtype)
+    x[1, 2, 3, 4] = float("nan")
+    x = _layout(x, channels_last)
+    xr, xf = x.clone().requires_grad_(), x.clone().requires_grad_()
+    yr, yf = ref(xr), fused(xf)
+    dy = torch.randn_like(yr)
+    yr.backward(dy)
+    yf.backward(dy)
+    for a, b, what in ((yf, yr, "out"), (xf.grad, xr.grad, "grad_input")):
+        assert torch.equal(a.isnan(), b.isnan()), what
+        assert a[:, 2].isnan().all(), what
+        keep = ~b.isnan()
+        _close(a[keep], b[keep], dtype, what, scale=4)
+    assert fused.running_mean[2].isnan() and not fused.running_mean[[0, 1, 3, 4]].isnan().any()
 
 
 def test_functional_matches_torch():
