@@ -537,6 +537,23 @@ void rows_stats(const T* x, const Geom& g, const StatsOut& o) {
   }
 }
 
+// The row kernels take channels 2N at a time with load2/store2 only where that form
+// permutes lanes (bf16), as it saves shuffles there. For float it measured slower (about
+// 8% on a (32,64,56,56) channels_last forward+backward) than the plain vector loop.
+template <class T>
+constexpr bool kRowsPaired = Lanes<T>::pair_lane(Lanes<T>::N) != Lanes<T>::N;
+
+// Per-channel coefficients reordered so that, for each 2N channels, two plain vector
+// loads give them in the lane order of Lanes<T>::load2.
+template <class T, class S>
+std::vector<S> paired_coeffs(const S* src, int64_t C) {
+  constexpr int N2 = 2 * Lanes<T>::N;
+  std::vector<S> out(src, src + C);
+  for (int64_t c = 0; kRowsPaired<T> && c + N2 <= C; c += N2)
+    for (int j = 0; j < N2; ++j) out[c + j] = src[c + Lanes<T>::pair_lane(j)];
+  return out;
+}
+
 template <class T, class S>
 void rows_apply(const T* x, T* y, const T* res, bool relu, const Geom& g, const S* mean, const S* scale,
                 const S* bias) {
@@ -547,6 +564,7 @@ void rows_apply(const T* x, T* y, const T* res, bool relu, const Geom& g, const 
   const int64_t C = g.C, M = g.count();
   const bool has_res = res != nullptr;
   const int64_t grain = std::max<int64_t>(1, 16384 / std::max<int64_t>(C, 1));
+  const std::vector<S> pm = paired_coeffs<T>(mean, C), ps = paired_coeffs<T>(scale, C), pb = paired_coeffs<T>(bias, C);
   at::parallel_for(0, M, grain, [&](int64_t r0, int64_t r1) {
     const V zero(S(0));
     for (int64_t r = r0; r < r1; ++r) {
@@ -554,6 +572,14 @@ void rows_apply(const T* x, T* y, const T* res, bool relu, const Geom& g, const 
       T* py = y + r * C;
       const T* pr = has_res ? res + r * C : nullptr;
       int64_t c = 0;
+      for (; kRowsPaired<T> && c + 2 * N <= C; c += 2 * N) {
+        V x0, x1, r0 = zero, r1 = zero;
+        L::load2(px + c, x0, x1);
+        if (has_res) L::load2(pr + c, r0, r1);
+        const V v0 = bn_forward(x0, LS::load(&pm[c]), LS::load(&ps[c]), LS::load(&pb[c]));
+        const V v1 = bn_forward(x1, LS::load(&pm[c + N]), LS::load(&ps[c + N]), LS::load(&pb[c + N]));
+        L::store2(py + c, bn_finish(v0, r0, has_res, relu), bn_finish(v1, r1, has_res, relu));
+      }
       for (; c + N <= C; c += N) {
         const V v = bn_forward(L::load(px + c), LS::load(mean + c), LS::load(scale + c), LS::load(bias + c));
         L::store(py + c, bn_finish(v, has_res ? L::load(pr + c) : zero, has_res, relu));
@@ -655,6 +681,8 @@ void rows_elemt(const T* dy, const T* x, const T* out, T* dx, T* dres, const Geo
   constexpr int N = L::N;
   const int64_t C = g.C, M = g.count();
   const int64_t grain = std::max<int64_t>(1, 16384 / std::max<int64_t>(C, 1));
+  const std::vector<S> pm = paired_coeffs<T>(mean, C), pmd = paired_coeffs<T>(mean_dy, C);
+  const std::vector<S> pk = paired_coeffs<T>(k, C), pa = paired_coeffs<T>(a, C);
   at::parallel_for(0, M, grain, [&](int64_t r0, int64_t r1) {
     for (int64_t r = r0; r < r1; ++r) {
       const T* pd = dy + r * C;
@@ -663,6 +691,24 @@ void rows_elemt(const T* dy, const T* x, const T* out, T* dx, T* dres, const Geo
       T* pdx = dx ? dx + r * C : nullptr;
       T* pdr = dres ? dres + r * C : nullptr;
       int64_t c = 0;
+      for (; kRowsPaired<T> && c + 2 * N <= C; c += 2 * N) {
+        V d0, d1, x0, x1;
+        L::load2(pd + c, d0, d1);
+        if (po) {
+          V o0, o1;
+          L::load2(po + c, o0, o1);
+          d0 = bn_keep_if_pos(o0, d0);
+          d1 = bn_keep_if_pos(o1, d1);
+        }
+        if (pdr) L::store2(pdr + c, d0, d1);
+        if (pdx) {
+          L::load2(px + c, x0, x1);
+          L::store2(pdx + c,
+                    bn_grad_input(d0, x0, LS::load(&pm[c]), LS::load(&pmd[c]), LS::load(&pk[c]), LS::load(&pa[c])),
+                    bn_grad_input(d1, x1, LS::load(&pm[c + N]), LS::load(&pmd[c + N]), LS::load(&pk[c + N]),
+                                  LS::load(&pa[c + N])));
+        }
+      }
       for (; c + N <= C; c += N) {
         V d = L::load(pd + c);
         if (po) d = bn_keep_if_pos(L::load(po + c), d);

@@ -62,6 +62,7 @@ struct Lanes<float> {
   static void store(float* p, V x) { _mm256_storeu_ps(p, x.v); }
   static void load2(const float* p, V& a, V& b) { a = load(p), b = load(p + N); }
   static void store2(float* p, V a, V b) { store(p, a), store(p + N, b); }
+  static constexpr int pair_lane(int j) { return j; }
 };
 
 template <>
@@ -72,6 +73,7 @@ struct Lanes<double> {
   static void store(double* p, V x) { _mm256_storeu_pd(p, x.v); }
   static void load2(const double* p, V& a, V& b) { a = load(p), b = load(p + N); }
   static void store2(double* p, V a, V b) { store(p, a), store(p + N, b); }
+  static constexpr int pair_lane(int j) { return j; }
 };
 
 template <>
@@ -95,6 +97,8 @@ struct Lanes<c10::BFloat16> {
   static void store2(c10::BFloat16* p, V a, V b) {
     _mm256_storeu_si256(reinterpret_cast<__m256i*>(p), _mm256_packus_epi32(round_bits(a), round_bits(b)));
   }
+  // Which of the 16 elements lane j of (a, b) holds (j < 8: a).
+  static constexpr int pair_lane(int j) { return (j % 8) / 4 * 8 + j / 8 * 4 + j % 4; }
   // Stochastic rounding, lane for lane the same as bf16_bits_stochastic(x,
   // element_random(key, index + lane)) in rounding.h.
   static void store_stochastic(c10::BFloat16* p, V x, uint32_t key, int64_t index) {
@@ -143,6 +147,7 @@ struct Lanes<c10::Half> {
   }
   static void load2(const c10::Half* p, V& a, V& b) { a = load(p), b = load(p + N); }
   static void store2(c10::Half* p, V a, V b) { store(p, a), store(p + N, b); }
+  static constexpr int pair_lane(int j) { return j; }
 };
 
 }  // namespace simd_avx2

@@ -23,6 +23,7 @@ struct Lanes {
   // Two elements, in order (the AVX2 bf16 form permutes lanes; see simd_avx2.h).
   static void load2(const T* p, V& a, V& b) { a = load(p), b = load(p + 1); }
   static void store2(T* p, V a, V b) { store(p, a), store(p + 1, b); }
+  static constexpr int pair_lane(int j) { return j; }
   // bfloat16 only (see rounding.h).
   static void store_stochastic(T* p, V x, uint32_t key, int64_t index) {
     *p = c10::BFloat16(bf16_bits_stochastic(x, element_random(key, index)), c10::BFloat16::from_bits());

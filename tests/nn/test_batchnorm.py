@@ -247,11 +247,12 @@ def test_batch_norm_relu_matches_torch(simd, dtype):
     torch.manual_seed(4)
     for channels_last in (False, True):
         for with_res in (False, True):
-            ref, _ = _pair(2, 6, torch.float32)
-            fused = BatchNormReLU2d(6)
+            # 27 channels: channels_last rows take a paired vector, a vector and a scalar tail.
+            ref, _ = _pair(2, 27, torch.float32)
+            fused = BatchNormReLU2d(27)
             fused.load_state_dict(ref.state_dict())
-            x = _layout(torch.randn(4, 6, 7, 5).to(dtype), channels_last)
-            z = torch.randn(4, 6, 7, 5).to(dtype) if with_res else None
+            x = _layout(torch.randn(4, 27, 7, 5).to(dtype), channels_last)
+            z = torch.randn(4, 27, 7, 5).to(dtype) if with_res else None
             # torch on the float32 copy: its bf16 path rounds bn(x) before adding z, which
             # moves a few values across the relu's zero.
             xr, xf = x.float().clone().requires_grad_(), x.clone().requires_grad_()
