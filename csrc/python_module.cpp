@@ -167,10 +167,11 @@ PYBIND11_MODULE(_C, m) {
   m.def(
       "_set_cpu_simd",
       [](const std::string& level) {
-        if (level != "avx2" && level != "scalar")
-          throw py::value_error("unknown SIMD level '" + level + "'; expected 'avx2' or 'scalar'");
+        using fusedopt::CpuSimd;
+        if (level != "avx512" && level != "avx2" && level != "scalar")
+          throw py::value_error("unknown SIMD level '" + level + "'; expected 'avx512', 'avx2' or 'scalar'");
         const auto prev = fusedopt::cpu_simd();
-        fusedopt::set_cpu_simd(level == "avx2" ? fusedopt::CpuSimd::Avx2 : fusedopt::CpuSimd::Scalar);
+        fusedopt::set_cpu_simd(level == "avx512" ? CpuSimd::Avx512 : level == "avx2" ? CpuSimd::Avx2 : CpuSimd::Scalar);
         return std::string(fusedopt::cpu_simd_name(prev));
       },
       "Selects the CPU kernel variant (clamped to what the CPU supports); returns the previous one. For tests.");

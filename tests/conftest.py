@@ -1,5 +1,5 @@
 """Shared fixtures: devices (CUDA skipped with a reason where absent) and the CPU
-kernel variants (AVX2 and scalar), so one machine checks both."""
+kernel variants (AVX-512, AVX2 and scalar), so one machine checks each one it can run."""
 import os
 
 import pytest
@@ -24,7 +24,10 @@ DEVICES = [
     pytest.param("cuda", marks=[pytest.mark.cuda, pytest.mark.skipif(not torch.cuda.is_available(), reason=CUDA_SKIP_REASON)]),
 ]
 
-SIMD_LEVELS = ["avx2", "scalar"]
+# CPU kernel variants, narrowest first. AVX-512 has kernels of its own only in the
+# depthwise family (the others run their AVX2 kernels there), so only the depthwise
+# tests ask for it (simd_all).
+SIMD_RANK = {"scalar": 0, "avx2": 1, "avx512": 2}
 
 
 @pytest.fixture(params=DEVICES)
@@ -32,11 +35,21 @@ def device(request):
     return request.param
 
 
-@pytest.fixture(params=SIMD_LEVELS)
-def simd(request):
-    """Runs the test once per CPU kernel variant (avx2 is clamped to scalar where unsupported)."""
-    if request.param == "avx2" and fusedopt.build_info()["simd_available"] != "avx2":
-        pytest.skip("this CPU or build has no AVX2 kernels")
-    previous = fusedopt._C._set_cpu_simd(request.param)
-    yield request.param
+def _run_with_simd(level):
+    if SIMD_RANK[level] > SIMD_RANK[fusedopt.build_info()["simd_available"]]:
+        pytest.skip(f"this CPU or build has no {level} kernels")
+    previous = fusedopt._C._set_cpu_simd(level)
+    yield level
     fusedopt._C._set_cpu_simd(previous)
+
+
+@pytest.fixture(params=["avx2", "scalar"])
+def simd(request):
+    """Runs the test once per CPU kernel variant of the optimizer and batch norm families."""
+    yield from _run_with_simd(request.param)
+
+
+@pytest.fixture(params=["avx512", "avx2", "scalar"])
+def simd_all(request):
+    """Runs the test once per CPU kernel variant, AVX-512 included (depthwise)."""
+    yield from _run_with_simd(request.param)

@@ -19,7 +19,7 @@ def test_build_info_describes_this_build():
     info = fusedopt.build_info()
     assert info["torch_version"] == torch.__version__
     assert info["num_threads"] == torch.get_num_threads()
-    assert info["simd"] in ("avx2", "scalar")
+    assert info["simd"] in ("avx512", "avx2", "scalar")
     assert info["build_system"] in ("setup.py", "cmake")
     if info["cuda"]:
         assert torch.version.cuda is not None and info["cuda_archs"], info
@@ -27,11 +27,14 @@ def test_build_info_describes_this_build():
         assert info["cuda_archs"] == []
 
 
-def test_avx2_is_used_where_the_cpu_has_it():
+def test_widest_simd_is_used_where_the_cpu_has_it():
     with open("/proc/cpuinfo") if os.path.exists("/proc/cpuinfo") else open(os.devnull) as f:
-        flags = f.read()
-    if " avx2" in flags and " fma" in flags and " f16c" in flags:
-        assert fusedopt.build_info()["simd_available"] == "avx2"
+        flags = set(f.read().split())
+    info = fusedopt.build_info()
+    if {"avx512f", "avx512vl", "avx512bw", "avx512dq", "avx2", "fma", "f16c"} <= flags:
+        assert info["simd_available"] == info["simd"] == "avx512"
+    elif {"avx2", "fma", "f16c"} <= flags:
+        assert info["simd_available"] == info["simd"] == "avx2"
 
 
 def test_every_op_has_cpu_kernel_and_fake():

@@ -24,7 +24,7 @@ at::Tensor fresh_output(const Prepared& p) {
   return t;
 }
 
-bool use_avx2() { return cpu_simd() == CpuSimd::Avx2; }
+bool use_avx2() { return cpu_simd() != CpuSimd::Scalar; }  // also at Avx512 (no unit of its own)
 
 template <class Body>
 void dispatch_math(c10::ScalarType acc, const Body& body) {

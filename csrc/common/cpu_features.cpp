@@ -10,7 +10,9 @@ CpuSimd best_cpu_simd() {
     __builtin_cpu_init();
     const bool avx2 = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") &&
                       __builtin_cpu_supports("f16c");
-    return avx2 ? CpuSimd::Avx2 : CpuSimd::Scalar;
+    const bool avx512 = avx2 && __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512vl") &&
+                        __builtin_cpu_supports("avx512bw") && __builtin_cpu_supports("avx512dq");
+    return avx512 ? CpuSimd::Avx512 : avx2 ? CpuSimd::Avx2 : CpuSimd::Scalar;
   }();
   return best;
 #else
@@ -30,6 +32,12 @@ void set_cpu_simd(CpuSimd level) {
   g_level.store(static_cast<int>(level), std::memory_order_relaxed);
 }
 
-const char* cpu_simd_name(CpuSimd level) { return level == CpuSimd::Avx2 ? "avx2" : "scalar"; }
+const char* cpu_simd_name(CpuSimd level) {
+  switch (level) {
+    case CpuSimd::Avx512: return "avx512";
+    case CpuSimd::Avx2: return "avx2";
+    default: return "scalar";
+  }
+}
 
 }  // namespace fusedopt

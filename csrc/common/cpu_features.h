@@ -3,7 +3,9 @@
 // switchable for tests so that both variants are checked on one machine.
 namespace fusedopt {
 
-enum class CpuSimd { Scalar = 0, Avx2 = 1 };
+// Avx512 adds kernels of its own only for depthwise; the other families run their AVX2
+// kernels at that level.
+enum class CpuSimd { Scalar = 0, Avx2 = 1, Avx512 = 2 };
 
 CpuSimd best_cpu_simd();             // the widest variant this build and CPU can run
 CpuSimd cpu_simd();                  // the variant in use

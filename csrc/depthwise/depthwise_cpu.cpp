@@ -14,20 +14,33 @@ namespace fusedopt {
 namespace depthwise {
 namespace {
 
+// The kernel variant for this CPU (or the one tests chose with _set_cpu_simd).
+void run_forward(const ForwardArgs& a) {
+  switch (cpu_simd()) {
+    case CpuSimd::Avx512: return avx512::forward(a);
+    case CpuSimd::Avx2: return avx2::forward(a);
+    default: return scalar::forward(a);
+  }
+}
+void run_backward(const BackwardArgs& a) {
+  switch (cpu_simd()) {
+    case CpuSimd::Avx512: return avx512::backward(a);
+    case CpuSimd::Avx2: return avx2::backward(a);
+    default: return scalar::backward(a);
+  }
+}
+
 at::Tensor depthwise_conv2d_cpu(const at::Tensor& input, const at::Tensor& weight,
                                 const std::optional<at::Tensor>& bias, at::IntArrayRef stride,
                                 at::IntArrayRef padding, at::IntArrayRef dilation) {
-  return forward_op(input, weight, bias, stride, padding, dilation, [](const ForwardArgs& a) {
-    (cpu_simd() == CpuSimd::Avx2 ? avx2::forward : scalar::forward)(a);
-  }, advise_huge_pages);
+  return forward_op(input, weight, bias, stride, padding, dilation, run_forward, advise_huge_pages);
 }
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor> depthwise_conv2d_backward_cpu(
     const at::Tensor& grad_out, const at::Tensor& input, const at::Tensor& weight, at::IntArrayRef stride,
     at::IntArrayRef padding, at::IntArrayRef dilation, std::array<bool, 3> output_mask) {
-  return backward_op(grad_out, input, weight, stride, padding, dilation, output_mask, [](const BackwardArgs& a) {
-    (cpu_simd() == CpuSimd::Avx2 ? avx2::backward : scalar::backward)(a);
-  }, advise_huge_pages);
+  return backward_op(grad_out, input, weight, stride, padding, dilation, output_mask, run_backward,
+                     advise_huge_pages);
 }
 
 // The fused separable op on the CPU: threads over images, each with its own tiles.
@@ -36,10 +49,8 @@ struct CpuSeparable {
   static void for_images(int64_t n, const F& f) {
     at::parallel_for(0, n, 1, f);  // the depthwise kernels inside then run on the calling thread
   }
-  static void dw_forward(const ForwardArgs& a) { (cpu_simd() == CpuSimd::Avx2 ? avx2::forward : scalar::forward)(a); }
-  static void dw_backward(const BackwardArgs& a, const at::Tensor&) {
-    (cpu_simd() == CpuSimd::Avx2 ? avx2::backward : scalar::backward)(a);
-  }
+  static void dw_forward(const ForwardArgs& a) { run_forward(a); }
+  static void dw_backward(const BackwardArgs& a, const at::Tensor&) { run_backward(a); }
   // out[e] = sum over n of part[n][e], n in order.
   static void sum_images(const at::Tensor& part, at::Tensor& out) {
     AT_DISPATCH_FLOATING_TYPES(part.scalar_type(), "fusedopt.sum_images", [&] {

@@ -1,5 +1,6 @@
 // CPU kernel bodies of the depthwise convolution, compiled once per instruction set by
-// depthwise_cpu_avx2.cpp and depthwise_cpu_scalar.cpp (no include guard on purpose).
+// depthwise_cpu_avx512.cpp, depthwise_cpu_avx2.cpp and depthwise_cpu_scalar.cpp (no
+// include guard on purpose).
 //
 // NCHW, depth multiplier 1, channels a multiple of 8 (every MobileNet layer): one task
 // per block of 8 planes, interleaved into a zero-padded [row][col][plane] buffer so that
@@ -8,7 +9,7 @@
 // phase-split float buffer (see the NCHW section) so that each tap is one contiguous
 // run over the whole flattened output plane; 3x3 and 5x5 keep all taps in registers.
 // channels_last: one task per image row. At 3x3 and 5x5 with depth multiplier 1 a row
-// is walked 8 channels at a time with the taps' weights or sums in registers ("row
+// is walked kCW channels at a time (8; 16 in the AVX-512 unit) with the taps' weights or sums in registers ("row
 // blocks"; at stride 1 with size-preserving padding the backward walks each row once
 // for grad_input and grad_weight together); otherwise pixel groups run over contiguous
 // 32-channel blocks.
@@ -147,18 +148,31 @@ void with_kernel_size(const Geom& g, const Body& body) {
 
 constexpr int64_t kPB = 8;  // planes per block: one AVX2 register of float
 
-// kPB values of Acc as one GCC vector (the scalar unit lowers it to SSE2).
-template <class Acc>
-struct Vec8Of {
-  typedef Acc type __attribute__((vector_size(kPB * sizeof(Acc))));
+// W values of Acc as one GCC vector (the scalar unit lowers it to SSE2).
+template <class Acc, int W>
+struct VecOf {
+  typedef Acc type __attribute__((vector_size(W * sizeof(Acc))));
   using Idx = std::conditional_t<sizeof(Acc) == 4, int32_t, int64_t>;
-  typedef Idx index __attribute__((vector_size(kPB * sizeof(Acc))));
+  typedef Idx index __attribute__((vector_size(W * sizeof(Acc))));
 };
+// kPB planes of the NCHW channel blocks (8x8 transposes).
 template <class Acc>
-using Vec8 = typename Vec8Of<Acc>::type;
+using Vec8 = typename VecOf<Acc, kPB>::type;
+template <class Acc>
+using Vec8Of = VecOf<Acc, kPB>;
 
-// bf16/fp16 stored, float math: the AVX2 unit converts eight at a time in registers
-// (Lanes, round to nearest even), the baseline unit one by one.
+// Channels per vector in the channels_last kernels: 8 (AVX2), or 16 in the unit built
+// for AVX-512 (depthwise_cpu_avx512.cpp), whose 32 registers hold a 3x3 or 5x5 kernel's
+// weights for 16 channels.
+#ifndef FO_CL_LANES
+#define FO_CL_LANES 8
+#endif
+constexpr int64_t kCW = FO_CL_LANES;
+template <class Acc>
+using VecW = typename VecOf<Acc, kCW>::type;
+
+// bf16/fp16 stored, float math: the SIMD units convert 8 (AVX2) or 16 (AVX-512) at a
+// time in registers (round to nearest even), the baseline unit one by one.
 template <class Acc, class T>
 constexpr bool kHalfLanes =
 #if defined(FO_HAVE_AVX2_UNIT) && FO_HAVE_AVX2_UNIT
@@ -167,35 +181,49 @@ constexpr bool kHalfLanes =
     false;
 #endif
 
-template <class Acc, class T>
-inline Vec8<Acc> load8(const T* p) {
-  Vec8<Acc> v;
+template <int W, class Acc, class T>
+inline typename VecOf<Acc, W>::type loadv(const T* p) {
+  typename VecOf<Acc, W>::type v;
   if constexpr (std::is_same_v<T, Acc>) {
     std::memcpy(&v, p, sizeof(v));
   } else if constexpr (kHalfLanes<Acc, T>) {
+#if defined(FO_HAVE_AVX512_UNIT) && FO_HAVE_AVX512_UNIT
+    if constexpr (W == 16) return (typename VecOf<Acc, W>::type)::fusedopt::simd_avx512::Lanes16<T>::load(p);
+#endif
 #if defined(FO_HAVE_AVX2_UNIT) && FO_HAVE_AVX2_UNIT
-    const auto x = ::fusedopt::avx2::Lanes<T>::load(p);
-    std::memcpy(&v, &x.v, sizeof(v));
+    using L = ::fusedopt::FO_CPU_NS::Lanes<T>;
+    static_assert(W == L::N || W == 16, "a width with a conversion");
+    if constexpr (W == L::N) v = (typename VecOf<Acc, W>::type)L::load(p).v;
 #endif
   } else {
-    for (int k = 0; k < kPB; ++k) v[k] = static_cast<Acc>(p[k]);
+    for (int k = 0; k < W; ++k) v[k] = static_cast<Acc>(p[k]);
   }
   return v;
 }
-template <class Acc, class T>
-inline void store8(T* p, Vec8<Acc> v) {
+template <int W, class Acc, class T>
+inline void storev(T* p, typename VecOf<Acc, W>::type v) {
   if constexpr (std::is_same_v<T, Acc>) {
     std::memcpy(p, &v, sizeof(v));
   } else if constexpr (kHalfLanes<Acc, T>) {
+#if defined(FO_HAVE_AVX512_UNIT) && FO_HAVE_AVX512_UNIT
+    if constexpr (W == 16) return ::fusedopt::simd_avx512::Lanes16<T>::store(p, (__m512)v);
+#endif
 #if defined(FO_HAVE_AVX2_UNIT) && FO_HAVE_AVX2_UNIT
-    typename ::fusedopt::avx2::Lanes<T>::V x;
-    std::memcpy(&x.v, &v, sizeof(v));
-    ::fusedopt::avx2::Lanes<T>::store(p, x);
+    using L = ::fusedopt::FO_CPU_NS::Lanes<T>;
+    if constexpr (W == L::N) L::store(p, typename L::V((__m256)v));
 #endif
   } else {
-    for (int k = 0; k < kPB; ++k) p[k] = static_cast<T>(v[k]);
+    for (int k = 0; k < W; ++k) p[k] = static_cast<T>(v[k]);
   }
 }
+template <class Acc, class T>
+inline Vec8<Acc> load8(const T* p) { return loadv<kPB, Acc>(p); }
+template <class Acc, class T>
+inline void store8(T* p, Vec8<Acc> v) { storev<kPB, Acc>(p, v); }
+template <class Acc, class T>
+inline VecW<Acc> loadw(const T* p) { return loadv<kCW, Acc>(p); }
+template <class Acc, class T>
+inline void storew(T* p, VecW<Acc> v) { storev<kCW, Acc>(p, v); }
 
 // r[i][j] -> r[j][i] (unpack, then pairs, then halves, as the AVX 8x8 transpose).
 template <class Acc>
@@ -920,7 +948,7 @@ inline void pixel_block(const Acc* init, const Acc* w, int64_t ldw, const T* src
   int64_t c = c0;
   if (src_div == 1) {
     if (len == kCB) return pixel_block_fixed<kCB>(init, w, ldw, src, tap, off, cnt, c0, dst);
-    for (; c + 8 <= c0 + len; c += 8) pixel_block_fixed<8>(init, w, ldw, src, tap, off, cnt, c, dst);
+    for (; c + kPB <= c0 + len; c += kPB) pixel_block_fixed<kPB>(init, w, ldw, src, tap, off, cnt, c, dst);
   }
   for (; c < c0 + len; ++c) {
     Acc a = init ? init[c] : Acc(0);
@@ -1003,9 +1031,9 @@ void row_pixels(const Acc* init, const Acc* w, int64_t ldw, const T* src, const 
   }
 }
 
-// channels_last, fixed kernel sizes, depth multiplier 1, channels a multiple of kPB,
-// float/double, or bf16/fp16 in the AVX2 unit (converted eight at a time): per row, one
-// block of kPB channels at a time across the whole row, so that the block's tap weights
+// channels_last, fixed kernel sizes, depth multiplier 1, channels a multiple of kCW,
+// float/double, or bf16/fp16 in the SIMD units (converted in registers): per row, one
+// block of kCW channels at a time across the whole row, so that the block's tap weights
 // (forward, grad_input) or tap sums (grad_weight) stay in registers: one load per multiply-add, where the pixel-group kernels above also load
 // a weight. Kernel rows outside the input read a row of zeros; pixels whose taps leave
 // the row on the left or right check each tap. Forward+backward float32, 2 threads,
@@ -1051,7 +1079,7 @@ struct ClRowPass {
     for (int64_t x = hi; x < r.nx; ++x) pixel(x, std::true_type{});
   }
   // Calls f(t, v) for each tap t = i * KW + j of pixel x that reads inside the row, v
-  // the kPB channels from c0 that it reads.
+  // the kCW channels from c0 that it reads.
   template <class Checked, class F>
   void taps(int64_t x, int64_t c0, Checked, const F& f) const {
 #pragma GCC unroll 7
@@ -1060,7 +1088,7 @@ struct ClRowPass {
       for (int j = 0; j < KW_; ++j) {
         const int64_t col = x * r.sx + r.base + j * r.dj;
         if (Checked::value && (col < 0 || col >= r.ncols)) continue;
-        f(i * KW_ + j, load8<Acc>(rows[i] + col * r.C + c0));
+        f(i * KW_ + j, loadw<Acc>(rows[i] + col * r.C + c0));
       }
   }
 };
@@ -1072,15 +1100,15 @@ void cl_row_correlate(const T* const* rows, const ClRowWalk& rw, const Acc* w, c
   constexpr int K_ = KH_ * KW_;
   const ClRowPass<KH_, KW_, Acc, T> pass(rows, rw);
   const int64_t C = rw.C;
-  for (int64_t c0 = 0; c0 < C; c0 += kPB) {
+  for (int64_t c0 = 0; c0 < C; c0 += kCW) {
     if (ahead) ahead->step();
-    Vec8<Acc> wv[K_];
-    for (int t = 0; t < K_; ++t) wv[t] = load8<Acc>(w + t * C + c0);
-    const Vec8<Acc> v0 = init ? load8<Acc>(init + c0) : Vec8<Acc>{};
+    VecW<Acc> wv[K_];
+    for (int t = 0; t < K_; ++t) wv[t] = loadw<Acc>(w + t * C + c0);
+    const VecW<Acc> v0 = init ? loadw<Acc>(init + c0) : VecW<Acc>{};
     pass.walk([&](int64_t x, auto checked) {
-      Vec8<Acc> acc = v0;
-      pass.taps(x, c0, checked, [&](int t, Vec8<Acc> v) { acc += wv[t] * v; });
-      store8<Acc>(dst + x * C + c0, acc);
+      VecW<Acc> acc = v0;
+      pass.taps(x, c0, checked, [&](int t, VecW<Acc> v) { acc += wv[t] * v; });
+      storew<Acc>(dst + x * C + c0, acc);
     });
   }
 }
@@ -1095,18 +1123,18 @@ void cl_row_weight_grad(const T* const* rows, const ClRowWalk& rw, const T* g, A
   constexpr int K_ = KH_ * KW_;
   const ClRowPass<KH_, KW_, Acc, T> pass(rows, rw);
   const int64_t C = rw.C;
-  for (int64_t c0 = 0; c0 < C; c0 += kPB) {
+  for (int64_t c0 = 0; c0 < C; c0 += kCW) {
     if (ahead) ahead->step();
-    Vec8<Acc> acc[K_];
-    for (int t = 0; t < K_; ++t) acc[t] = Vec8<Acc>{};
-    Vec8<Acc> gsum = {};
+    VecW<Acc> acc[K_];
+    for (int t = 0; t < K_; ++t) acc[t] = VecW<Acc>{};
+    VecW<Acc> gsum = {};
     pass.walk([&](int64_t x, auto checked) {
-      const Vec8<Acc> gv = load8<Acc>(g + x * C + c0);
+      const VecW<Acc> gv = loadw<Acc>(g + x * C + c0);
       gsum += gv;
-      pass.taps(x, c0, checked, [&](int t, Vec8<Acc> v) { acc[t] += gv * v; });
+      pass.taps(x, c0, checked, [&](int t, VecW<Acc> v) { acc[t] += gv * v; });
     });
-    for (int t = 0; t < K_; ++t) store8<Acc>(part + t * C + c0, load8<Acc>(part + t * C + c0) + acc[t]);
-    store8<Acc>(part + K_ * C + c0, load8<Acc>(part + K_ * C + c0) + gsum);
+    for (int t = 0; t < K_; ++t) storew<Acc>(part + t * C + c0, loadw<Acc>(part + t * C + c0) + acc[t]);
+    storew<Acc>(part + K_ * C + c0, loadw<Acc>(part + K_ * C + c0) + gsum);
   }
 }
 
@@ -1114,7 +1142,7 @@ template <int KH_, int KW_, class Acc, class T>
 constexpr bool cl_blocks_compiled() {
   return KH_ > 0 && KW_ > 0 && (std::is_same_v<T, Acc> || kHalfLanes<Acc, T>);
 }
-inline bool cl_blocks_apply(const Geom& g) { return g.M == 1 && g.C % kPB == 0; }
+inline bool cl_blocks_apply(const Geom& g) { return g.M == 1 && g.C % kCW == 0; }
 
 template <int KH_, int KW_, class Acc, class T>
 void forward_cl(const ForwardArgs& a) {
@@ -1146,7 +1174,7 @@ void forward_cl(const ForwardArgs& a) {
           int64_t in_bytes = 0;
           const T* next_in = next_row_inputs(g, in, r, r + 1 < end, &in_bytes);
           ahead.reset(next_in, in_bytes, r + 1 < end ? out + (r + 1) * out_row : nullptr,
-                      r + 1 < end ? out_row * sizeof(T) : 0, g.C / kPB);
+                      r + 1 < end ? out_row * sizeof(T) : 0, g.C / kCW);
           cl_row_correlate<KH_, KW_, Acc>(rows, rw, w.data(), b.data(), out + r * out_row, &ahead);
         }
       });
@@ -1223,7 +1251,7 @@ void backward_cl_rows_fused(const BackwardArgs& a, const Acc* w, const T* zeros,
         int64_t x_bytes = 0;
         const T* next_x = next_row_inputs(g, in, r, more, &x_bytes);
         ahead.reset(has_dy ? go + ((r + 1) / g.H * g.OH + noh) * row : nullptr, has_dy ? row_bytes : 0,
-                    more ? gi + (r + 1) * row : nullptr, more ? row_bytes : 0, 2 * C / kPB, next_x, x_bytes);
+                    more ? gi + (r + 1) * row : nullptr, more ? row_bytes : 0, 2 * C / kCW, next_x, x_bytes);
         cl_row_correlate<KH_, KW_, Acc>(dyrows, gi_walk, w, static_cast<const Acc*>(nullptr), gi + r * row, &ahead);
         cl_row_weight_grad<KH_, KW_, Acc>(xrows, gw_walk, go + r * row, P, &ahead);
       }
@@ -1291,7 +1319,7 @@ void backward_cl(const BackwardArgs& a) {
           const int64_t nn = (r + 1) / g.H, noh = (r + 1) % g.H + g.PT;
           const bool has = r + 1 < end && noh < g.OH;
           ahead.reset(has ? go + (nn * g.OH + noh) * go_row : nullptr, has ? go_row * sizeof(T) : 0,
-                      r + 1 < end ? gi + (r + 1) * gi_row : nullptr, r + 1 < end ? gi_row * sizeof(T) : 0, C / kPB);
+                      r + 1 < end ? gi + (r + 1) * gi_row : nullptr, r + 1 < end ? gi_row * sizeof(T) : 0, C / kCW);
           cl_row_correlate<KH_, KW_, Acc>(rows, rw, w.data(), static_cast<const Acc*>(nullptr), gi + r * gi_row, &ahead);
         }
       });
@@ -1365,7 +1393,7 @@ void backward_cl(const BackwardArgs& a) {
             const bool more = r + 1 < r_end;
             int64_t x_bytes = 0;
             const T* next_x = next_row_inputs(g, in, r, more, &x_bytes);
-            ahead.reset(next_x, x_bytes, nullptr, 0, C / kPB, go + (r + 1) * g.OW * O,
+            ahead.reset(next_x, x_bytes, nullptr, 0, C / kCW, go + (r + 1) * g.OW * O,
                         more ? g.OW * O * static_cast<int64_t>(sizeof(T)) : 0);
             cl_row_weight_grad<KH_, KW_, Acc>(xrows, rw, go + r * g.OW * O, P, &ahead);
           }

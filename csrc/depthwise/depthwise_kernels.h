@@ -31,6 +31,10 @@ struct BackwardArgs {
   void* grad_bias;    // may be null
 };
 
+namespace avx512 {
+void forward(const ForwardArgs& a);
+void backward(const BackwardArgs& a);
+}  // namespace avx512
 namespace avx2 {
 void forward(const ForwardArgs& a);
 void backward(const BackwardArgs& a);

@@ -29,7 +29,7 @@ struct CpuBackend {
       if (r.step) *r.step += 1.0f;
     const GroupArgs args{view.dtype(), view.refs(), lr_v, inv_scale, grad_scale.has_value(), seed.has_value(),
                          static_cast<uint64_t>(seed.value_or(0))};
-    (cpu_simd() == CpuSimd::Avx2 ? avx2::run<Hyper> : scalar::run<Hyper>)(args, h);
+    (cpu_simd() != CpuSimd::Scalar ? avx2::run<Hyper> : scalar::run<Hyper>)(args, h);
     view.write_back();
   }
 };

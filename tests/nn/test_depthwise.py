@@ -146,7 +146,7 @@ def test_grid_float32(case, channels_last, device):
 
 @pytest.mark.parametrize("channels_last", [False, True], ids=["nchw", "channels_last"])
 @pytest.mark.parametrize("case", [CASES[0], CASES[1], CASES[3], CASES[5], CASES[9], CASES[13], CASES[18]], ids=case_id)
-def test_both_simd_variants(case, channels_last, simd):
+def test_both_simd_variants(case, channels_last, simd_all):
     check_case(case, torch.float32, "cpu", channels_last, 2e-5, 2e-5)
     check_case(case, torch.float64, "cpu", channels_last, 1e-12, 1e-12, bias=False)
 
@@ -160,7 +160,7 @@ def test_half_types_accumulate_in_float(case, channels_last, dtype, device):
     check_case(case, dtype, device, channels_last, 2 * tol, tol)
 
 
-def test_mobilenet_shapes_match_torch(simd):
+def test_mobilenet_shapes_match_torch(simd_all):
     # The benchmark's hot paths (3x3 s1/s2 with padding 1, many channels), both layouts.
     for shape, s in [((2, 16, 20, 20), 1), ((2, 16, 21, 20), 2)]:
         for cl in (False, True):
@@ -169,8 +169,9 @@ def test_mobilenet_shapes_match_torch(simd):
 
 
 # The same geometries with depth multiplier 1 and channels a multiple of 8: the CPU
-# kernels' channel-block paths (8 channels per vector, zero-padded block buffers; stride
-# 1 gathers grad_input, other strides and padding beyond the kernel's reach scatter).
+# kernels' channel-block paths (8 channels per vector, 16 in the AVX-512 unit's
+# channels_last kernels; zero-padded block buffers; stride 1 gathers grad_input, other
+# strides and padding beyond the kernel's reach scatter).
 BLOCK_CASES = [(n, 16, h, w, k, s, p, d, 1) for (n, _, h, w, k, s, p, d, _) in CASES] + [
     (1, 8, 1, 1, 3, 1, 1, 1, 1),
     (2, 24, 5, 5, 3, 1, 3, 1, 1),  # padding beyond the kernel's reach
@@ -182,18 +183,21 @@ BLOCK_CASES = [(n, 16, h, w, k, s, p, d, 1) for (n, _, h, w, k, s, p, d, _) in C
     # channels_last backward's single walk.
     (2, 16, 9, 11, 3, 1, (2, 0, 0, 2), 1, 1),
     (1, 16, 8, 7, 5, 1, (0, 4, 3, 1), 1, 1),
+    # Several channel vectors per row at either width (8, or 16 in the AVX-512 unit).
+    (2, 48, 6, 7, 3, 1, 1, 1, 1),
+    (1, 32, 9, 8, 5, 2, 2, 1, 1),
 ]
 
 
 @pytest.mark.parametrize("channels_last", [False, True], ids=["nchw", "channels_last"])
 @pytest.mark.parametrize("case", BLOCK_CASES, ids=case_id)
-def test_channel_blocks(case, channels_last, simd):
+def test_channel_blocks(case, channels_last, simd_all):
     check_case(case, torch.float32, "cpu", channels_last, 2e-5, 2e-5)
 
 
 @pytest.mark.parametrize("dtype", [torch.float64, torch.bfloat16, torch.float16])
 @pytest.mark.parametrize("case", [BLOCK_CASES[0], BLOCK_CASES[1], BLOCK_CASES[5], BLOCK_CASES[18]], ids=case_id)
-def test_channel_blocks_dtypes(case, dtype, simd):
+def test_channel_blocks_dtypes(case, dtype, simd_all):
     tol = {torch.float64: 1e-12, torch.bfloat16: 2e-2, torch.float16: 3e-3}[dtype]
     for cl in (False, True):
         check_case(case, dtype, "cpu", cl, 2 * tol, tol, bias=dtype != torch.float64)
@@ -540,3 +544,32 @@ def test_non_contiguous_input(view):
     assert not x.is_contiguous() and not x.is_contiguous(memory_format=torch.channels_last)
     w = torch.randn(6, 1, 3, 3)
     close(depthwise_conv2d(x, w, None, 2, 1), F.conv2d(x, w, None, 2, 1, 1, 6), 2e-5, "non-contiguous input")
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
+@pytest.mark.parametrize("channels_last", [False, True], ids=["nchw", "channels_last"])
+def test_avx512_unit_gives_the_avx2_bits(channels_last, dtype):
+    # The AVX-512 unit walks channels_last rows 16 channels at a time instead of 8; each
+    # channel's sum is the same sequence of operations, so every output bit must match.
+    if fusedopt.build_info()["simd_available"] != "avx512":
+        pytest.skip("this CPU or build has no avx512 kernels")
+    torch.manual_seed(5)
+    # 48 channels: row blocks at both widths; 24: pixel groups; 960 on 7x7: MobileNet's tail.
+    for c, h, w, s in [(48, 9, 10, 1), (32, 12, 13, 2), (24, 7, 8, 1), (960, 7, 7, 1)]:
+        x = torch.randn(2, c, h, w).to(dtype)
+        x = x.contiguous(memory_format=torch.channels_last) if channels_last else x
+        wt, b = torch.randn(c, 1, 3, 3).to(dtype), torch.randn(c).to(dtype)
+        outs = {}
+        for level in ("avx512", "avx2"):
+            previous = fusedopt._C._set_cpu_simd(level)
+            try:
+                y = torch.ops.fusedopt.depthwise_conv2d(x, wt, b, [s, s], [1, 1, 1, 1], [1, 1])
+                g = torch.randn(y.shape, generator=torch.Generator().manual_seed(c)).to(dtype)
+                g = g.contiguous(memory_format=torch.channels_last) if channels_last else g
+                grads = torch.ops.fusedopt.depthwise_conv2d_backward(g, x, wt, [s, s], [1, 1, 1, 1], [1, 1],
+                                                                     [True, True, True])
+                outs[level] = (y, *grads)
+            finally:
+                fusedopt._C._set_cpu_simd(previous)
+        for name, a, b2 in zip(("output", "grad_input", "grad_weight", "grad_bias"), outs["avx512"], outs["avx2"]):
+            assert torch.equal(a, b2), (c, h, w, s, name)
