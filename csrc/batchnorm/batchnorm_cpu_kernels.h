@@ -333,6 +333,19 @@ void plane_channel_reduce(const T* dy, const T* x, const T* out, const Geom& g, 
   sdx = tb + bn_hsum(b);
 }
 
+// dy' of 2N elements (load2's lane order): dy, kept where the forward output (out, the
+// relu mask; null without relu) was positive.
+template <class T>
+inline void load2_dy(const T* dy, const T* out, typename Lanes<T>::V& d0, typename Lanes<T>::V& d1) {
+  Lanes<T>::load2(dy, d0, d1);
+  if (out) {
+    typename Lanes<T>::V o0, o1;
+    Lanes<T>::load2(out, o0, o1);
+    d0 = bn_keep_if_pos(o0, d0);
+    d1 = bn_keep_if_pos(o1, d1);
+  }
+}
+
 template <class T, class S>
 void plane_channel_elemt(const T* dy, const T* x, const T* out, T* dx, T* dres, const Geom& g, int64_t c,
                          const BwdCoeffs<S>& k) {
@@ -353,13 +366,7 @@ void plane_channel_elemt(const T* dy, const T* x, const T* out, T* dx, T* dres, 
       ahead.at(i);
       ahead.at(i + N);
       V d0, d1, x0, x1;
-      L::load2(pd + i, d0, d1);
-      if (po) {
-        V o0, o1;
-        L::load2(po + i, o0, o1);
-        d0 = bn_keep_if_pos(o0, d0);
-        d1 = bn_keep_if_pos(o1, d1);
-      }
+      load2_dy(pd + i, po ? po + i : nullptr, d0, d1);
       if (pdr) L::store2(pdr + i, d0, d1);
       if (pdx) {
         L::load2(px + i, x0, x1);
@@ -693,13 +700,7 @@ void rows_elemt(const T* dy, const T* x, const T* out, T* dx, T* dres, const Geo
       int64_t c = 0;
       for (; kRowsPaired<T> && c + 2 * N <= C; c += 2 * N) {
         V d0, d1, x0, x1;
-        L::load2(pd + c, d0, d1);
-        if (po) {
-          V o0, o1;
-          L::load2(po + c, o0, o1);
-          d0 = bn_keep_if_pos(o0, d0);
-          d1 = bn_keep_if_pos(o1, d1);
-        }
+        load2_dy(pd + c, po ? po + c : nullptr, d0, d1);
         if (pdr) L::store2(pdr + c, d0, d1);
         if (pdx) {
           L::load2(px + c, x0, x1);
