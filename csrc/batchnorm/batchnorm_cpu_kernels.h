@@ -197,6 +197,43 @@ Welford plane_channel_stats(const T* x, const Geom& g, int64_t c) {
   return acc;
 }
 
+// Channels per block of the fused plane walks. Small planes (under kPlaneChunk
+// elements) are walked image by image across a block of channels, whose planes lie
+// side by side in memory: one run of several KB per image instead of scattered runs of a
+// few hundred bytes. A block's planes, up to 512 KB per tensor, stay in L2 for the second
+// walk. Each channel's own sums are those of a walk of that channel alone, in the same
+// order, so results do not depend on the block. Forward alone, interleaved with torch's
+// forward+backward as in the benchmark, (64,256,14,14): float32 1.35 -> 1.08 ms, bf16
+// 0.83 -> 0.72 ms.
+constexpr int64_t kMaxPlaneBlock = 8;
+inline int64_t plane_block(const Geom& g, size_t elem_bytes) {
+  if (g.inner >= kPlaneChunk) return 1;
+  const int64_t channel_bytes = std::max<int64_t>(1, g.N * g.inner * static_cast<int64_t>(elem_bytes));
+  return std::clamp<int64_t>((int64_t{512} << 10) / channel_bytes, 1, kMaxPlaneBlock);
+}
+
+// plane_channel_stats of channels [c0, c1), walked image group by image group across
+// the channels (see plane_block). Each channel's chunks and merges are those of
+// plane_channel_stats, in the same order.
+template <class T>
+void plane_block_stats(const T* x, const Geom& g, int64_t c0, int64_t c1, Welford* out) {
+  using S = MathOf<T>;
+  if (g.inner >= kPlaneChunk) {
+    for (int64_t c = c0; c < c1; ++c) out[c - c0] = plane_channel_stats(x, g, c);
+    return;
+  }
+  const int64_t per = std::max<int64_t>(1, kPlaneChunk / std::max<int64_t>(g.inner, 1));
+  for (int64_t c = c0; c < c1; ++c) out[c - c0] = Welford{};
+  S shift[kMaxPlaneBlock];
+  for (int64_t n = 0; n < g.N; n += per)
+    for (int64_t c = c0; c < c1; ++c) {
+      Welford& acc = out[c - c0];
+      welford_merge(acc, chunk_stats(x + (n * g.C + c) * g.inner, g.C * g.inner, std::min(per, g.N - n), g.inner,
+                                     acc.n > 0 ? &shift[c - c0] : nullptr));
+      shift[c - c0] = static_cast<S>(acc.mean);
+    }
+}
+
 // The next plane of this channel in an output, requested for writing as the kernel
 // writes the current one: a store to a line not in cache waits for it, and a plane is
 // a few KiB of its own pages, where the hardware prefetcher stops. Measured about 8%
@@ -216,13 +253,14 @@ struct OutputAhead {
 };
 
 template <class T, class S>
-void plane_channel_apply(const T* x, T* y, const T* res, bool relu, const Geom& g, int64_t c, S mean, S scale, S bias) {
+void plane_channel_apply(const T* x, T* y, const T* res, bool relu, const Geom& g, int64_t c, S mean, S scale, S bias,
+                         int64_t n0, int64_t n1) {
   using L = Lanes<T>;
   using V = typename L::V;
   constexpr int N = L::N;
   const V vm(mean), vs(scale), vb(bias), zero(S(0));
   const bool has_res = res != nullptr;
-  for (int64_t n = 0; n < g.N; ++n) {
+  for (int64_t n = n0; n < n1; ++n) {
     const int64_t off = (n * g.C + c) * g.inner;
     const T* px = x + off;
     T* py = y + off;
@@ -256,20 +294,31 @@ void plane_channel_apply(const T* x, T* y, const T* res, bool relu, const Geom& 
 }
 
 // Sums of dy' and dy' * (x - mean) over one channel: float lanes, flushed into double
-// every kPlaneChunk elements (several small planes share one flush).
+// every kPlaneChunk elements (several small planes share one flush). The walk over a
+// channel's images may be split into ranges, continuing the same sums.
+template <class T>
+struct PlaneSums {
+  using V = typename Lanes<T>::V;
+  V a = V(MathOf<T>(0)), b = V(MathOf<T>(0));
+  double ta = 0.0, tb = 0.0;
+  int64_t pending = 0;
+  double sum_dy() const { return ta + bn_hsum(a); }
+  double sum_dy_xmu() const { return tb + bn_hsum(b); }
+};
+
 template <class T, class S>
-void plane_channel_reduce(const T* dy, const T* x, const T* out, const Geom& g, int64_t c, S mean, double& sdy,
-                          double& sdx) {
+void plane_channel_reduce(const T* dy, const T* x, const T* out, const Geom& g, int64_t c, S mean, int64_t n0,
+                          int64_t n1, PlaneSums<T>& sums) {
   using L = Lanes<T>;
   using V = typename L::V;
   constexpr int N = L::N;
   const V vm(mean);
   // Runs are whole planes or kPlaneChunk pieces (a multiple of N) and a last piece.
   const V tail = last_lanes_mask<T>((g.inner % kPlaneChunk) % N);
-  double ta = 0.0, tb = 0.0;
-  V a(S(0)), b(S(0));
-  int64_t pending = 0;
-  for (int64_t n = 0; n < g.N; ++n) {
+  double ta = sums.ta, tb = sums.tb;
+  V a = sums.a, b = sums.b;
+  int64_t pending = sums.pending;
+  for (int64_t n = n0; n < n1; ++n) {
     const int64_t off = (n * g.C + c) * g.inner;
     const T* pd = dy + off;
     const T* px = x + off;
@@ -329,8 +378,7 @@ void plane_channel_reduce(const T* dy, const T* x, const T* out, const Geom& g, 
       }
     }
   }
-  sdy = ta + bn_hsum(a);
-  sdx = tb + bn_hsum(b);
+  sums = PlaneSums<T>{a, b, ta, tb, pending};
 }
 
 // dy' of 2N elements (load2's lane order): dy, kept where the forward output (out, the
@@ -348,12 +396,12 @@ inline void load2_dy(const T* dy, const T* out, typename Lanes<T>::V& d0, typena
 
 template <class T, class S>
 void plane_channel_elemt(const T* dy, const T* x, const T* out, T* dx, T* dres, const Geom& g, int64_t c,
-                         const BwdCoeffs<S>& k) {
+                         const BwdCoeffs<S>& k, int64_t n0, int64_t n1) {
   using L = Lanes<T>;
   using V = typename L::V;
   constexpr int N = L::N;
   const V vm(k.mean), vmd(k.mean_dy), vk(k.k), va(k.a);
-  for (int64_t n = 0; n < g.N; ++n) {
+  for (int64_t n = n0; n < n1; ++n) {
     const int64_t off = (n * g.C + c) * g.inner;
     const T* pd = dy + off;
     const T* px = x + off;
@@ -764,12 +812,14 @@ void apply(const FwdArgs& a) {
       return;
     }
     at::parallel_for(0, a.g.C, 1, [&](int64_t c0, int64_t c1) {
-      for (int64_t c = c0; c < c1; ++c) plane_channel_apply(x, y, res, a.relu, a.g, c, mean[c], scale[c], bias[c]);
+      for (int64_t c = c0; c < c1; ++c)
+        plane_channel_apply(x, y, res, a.relu, a.g, c, mean[c], scale[c], bias[c], 0, a.g.N);
     });
   });
 }
 
-// Planes only: statistics and normalisation of each channel back to back.
+// Planes only: statistics and normalisation of each channel back to back, for a block
+// of channels at a time (plane_block).
 void train_fused(const FwdArgs& a) {
   dispatch(a.dtype, [&](auto t) {
     using T = decltype(t);
@@ -781,13 +831,23 @@ void train_fused(const FwdArgs& a) {
     S* var = static_cast<S*>(a.var);
     const S* w = static_cast<const S*>(a.weight_in);
     const S* b = static_cast<const S*>(a.bias_in);
-    at::parallel_for(0, a.g.C, 1, [&](int64_t c0, int64_t c1) {
-      for (int64_t c = c0; c < c1; ++c) {
-        const Welford st = plane_channel_stats(x, a.g, c);
-        mean[c] = static_cast<S>(st.mean);
-        var[c] = static_cast<S>(biased_var(st.n, st.m2));
-        const FwdCoeffs<S> k = fwd_coeffs<S>(mean[c], var[c], w, b, c, a.eps);
-        plane_channel_apply(x, y, res, a.relu, a.g, c, k.mean, k.scale, k.bias);
+    const int64_t B = plane_block(a.g, sizeof(T));
+    at::parallel_for(0, (a.g.C + B - 1) / B, 1, [&](int64_t b0, int64_t b1) {
+      Welford st[kMaxPlaneBlock];
+      FwdCoeffs<S> k[kMaxPlaneBlock];
+      for (int64_t blk = b0; blk < b1; ++blk) {
+        const int64_t c0 = blk * B, c1 = std::min(a.g.C, c0 + B);
+        plane_block_stats(x, a.g, c0, c1, st);
+        for (int64_t c = c0; c < c1; ++c) {
+          mean[c] = static_cast<S>(st[c - c0].mean);
+          var[c] = static_cast<S>(biased_var(st[c - c0].n, st[c - c0].m2));
+          k[c - c0] = fwd_coeffs<S>(mean[c], var[c], w, b, c, a.eps);
+        }
+        for (int64_t n = 0; n < a.g.N; ++n)
+          for (int64_t c = c0; c < c1; ++c) {
+            const FwdCoeffs<S>& kc = k[c - c0];
+            plane_channel_apply(x, y, res, a.relu, a.g, c, kc.mean, kc.scale, kc.bias, n, n + 1);
+          }
       }
     });
   });
@@ -820,7 +880,12 @@ void bwd_reduce(const BwdArgs& a) {
       return;
     }
     at::parallel_for(0, a.g.C, 1, [&](int64_t c0, int64_t c1) {
-      for (int64_t c = c0; c < c1; ++c) plane_channel_reduce(dy, x, out, a.g, c, mean[c], a.sum_dy[c], a.sum_dy_xmu[c]);
+      for (int64_t c = c0; c < c1; ++c) {
+        PlaneSums<T> sums;
+        plane_channel_reduce(dy, x, out, a.g, c, mean[c], 0, a.g.N, sums);
+        a.sum_dy[c] = sums.sum_dy();
+        a.sum_dy_xmu[c] = sums.sum_dy_xmu();
+      }
     });
   });
 }
@@ -840,13 +905,13 @@ void bwd_elemt(const BwdArgs& a) {
     }
     at::parallel_for(0, a.g.C, 1, [&](int64_t c0, int64_t c1) {
       for (int64_t c = c0; c < c1; ++c)
-        plane_channel_elemt(dy, x, out, dx, dres, a.g, c, BwdCoeffs<S>{mean[c], mdy[c], kk[c], aa[c]});
+        plane_channel_elemt(dy, x, out, dx, dres, a.g, c, BwdCoeffs<S>{mean[c], mdy[c], kk[c], aa[c]}, 0, a.g.N);
     });
   });
 }
 
-// Planes only: reduction and element pass of each channel back to back. Writes the
-// sums (for grad_weight / grad_bias) as well.
+// Planes only: reduction and element pass of each channel back to back, for a block of
+// channels at a time (plane_block). Writes the sums (for grad_weight / grad_bias) as well.
 void bwd_fused(const BwdArgs& a) {
   dispatch(a.dtype, [&](auto t) {
     using T = decltype(t);
@@ -855,18 +920,27 @@ void bwd_fused(const BwdArgs& a) {
     const T *dy = v.dy, *x = v.x, *out = v.out;
     T *dx = v.dx, *dres = v.dres;
     const S *mean = v.mean, *var = static_cast<const S*>(a.var), *w = static_cast<const S*>(a.weight);
-    at::parallel_for(0, a.g.C, 1, [&](int64_t c0, int64_t c1) {
-      for (int64_t c = c0; c < c1; ++c) {
-        double sdy = 0.0, sdx = 0.0;
-        if (a.training || a.sum_dy) plane_channel_reduce(dy, x, out, a.g, c, mean[c], sdy, sdx);
-        if (a.sum_dy) {
-          a.sum_dy[c] = sdy;
-          a.sum_dy_xmu[c] = sdx;
+    const int64_t B = plane_block(a.g, sizeof(T));
+    at::parallel_for(0, (a.g.C + B - 1) / B, 1, [&](int64_t b0, int64_t b1) {
+      PlaneSums<T> sums[kMaxPlaneBlock];
+      BwdCoeffs<S> k[kMaxPlaneBlock];
+      for (int64_t blk = b0; blk < b1; ++blk) {
+        const int64_t c0 = blk * B, c1 = std::min(a.g.C, c0 + B);
+        for (int64_t c = c0; c < c1; ++c) sums[c - c0] = PlaneSums<T>{};
+        if (a.training || a.sum_dy)
+          for (int64_t n = 0; n < a.g.N; ++n)
+            for (int64_t c = c0; c < c1; ++c) plane_channel_reduce(dy, x, out, a.g, c, mean[c], n, n + 1, sums[c - c0]);
+        for (int64_t c = c0; c < c1; ++c) {
+          const double sdy = sums[c - c0].sum_dy(), sdx = sums[c - c0].sum_dy_xmu();
+          if (a.sum_dy) {
+            a.sum_dy[c] = sdy;
+            a.sum_dy_xmu[c] = sdx;
+          }
+          k[c - c0] = bwd_coeffs<S>(mean[c], var[c], w, c, sdy, sdx, a.count, a.training, a.eps);
         }
-        if (dx || dres) {
-          const BwdCoeffs<S> k = bwd_coeffs<S>(mean[c], var[c], w, c, sdy, sdx, a.count, a.training, a.eps);
-          plane_channel_elemt(dy, x, out, dx, dres, a.g, c, k);
-        }
+        if (dx || dres)
+          for (int64_t n = 0; n < a.g.N; ++n)
+            for (int64_t c = c0; c < c1; ++c) plane_channel_elemt(dy, x, out, dx, dres, a.g, c, k[c - c0], n, n + 1);
       }
     });
   });
