@@ -211,6 +211,14 @@ inline int64_t plane_block(const Geom& g, size_t elem_bytes) {
   const int64_t channel_bytes = std::max<int64_t>(1, g.N * g.inner * static_cast<int64_t>(elem_bytes));
   return std::clamp<int64_t>((int64_t{512} << 10) / channel_bytes, 1, kMaxPlaneBlock);
 }
+// Calls f(c0, c1) for the plane_block blocks of channels, threads over blocks.
+template <class F>
+void for_plane_blocks(const Geom& g, size_t elem_bytes, const F& f) {
+  const int64_t B = plane_block(g, elem_bytes);
+  at::parallel_for(0, (g.C + B - 1) / B, 1, [&](int64_t b0, int64_t b1) {
+    for (int64_t blk = b0; blk < b1; ++blk) f(blk * B, std::min(g.C, (blk + 1) * B));
+  });
+}
 
 // plane_channel_stats of channels [c0, c1), walked image group by image group across
 // the channels (see plane_block). Each channel's chunks and merges are those of
@@ -786,12 +794,13 @@ void stats(c10::ScalarType dt, const Geom& g, const void* xv, const StatsOut& o)
       rows_stats(x, g, o);
       return;
     }
-    at::parallel_for(0, g.C, 1, [&](int64_t c0, int64_t c1) {
+    for_plane_blocks(g, sizeof(T), [&](int64_t c0, int64_t c1) {
+      Welford st[kMaxPlaneBlock];
+      plane_block_stats(x, g, c0, c1, st);
       for (int64_t c = c0; c < c1; ++c) {
-        const Welford w = plane_channel_stats(x, g, c);
-        o.n[c] = w.n;
-        o.mean[c] = w.mean;
-        o.m2[c] = w.m2;
+        o.n[c] = st[c - c0].n;
+        o.mean[c] = st[c - c0].mean;
+        o.m2[c] = st[c - c0].m2;
       }
     });
   });
@@ -811,9 +820,10 @@ void apply(const FwdArgs& a) {
       rows_apply(x, y, res, a.relu, a.g, mean, scale, bias);
       return;
     }
-    at::parallel_for(0, a.g.C, 1, [&](int64_t c0, int64_t c1) {
-      for (int64_t c = c0; c < c1; ++c)
-        plane_channel_apply(x, y, res, a.relu, a.g, c, mean[c], scale[c], bias[c], 0, a.g.N);
+    for_plane_blocks(a.g, sizeof(T), [&](int64_t c0, int64_t c1) {
+      for (int64_t n = 0; n < a.g.N; ++n)
+        for (int64_t c = c0; c < c1; ++c)
+          plane_channel_apply(x, y, res, a.relu, a.g, c, mean[c], scale[c], bias[c], n, n + 1);
     });
   });
 }
@@ -831,24 +841,20 @@ void train_fused(const FwdArgs& a) {
     S* var = static_cast<S*>(a.var);
     const S* w = static_cast<const S*>(a.weight_in);
     const S* b = static_cast<const S*>(a.bias_in);
-    const int64_t B = plane_block(a.g, sizeof(T));
-    at::parallel_for(0, (a.g.C + B - 1) / B, 1, [&](int64_t b0, int64_t b1) {
+    for_plane_blocks(a.g, sizeof(T), [&](int64_t c0, int64_t c1) {
       Welford st[kMaxPlaneBlock];
       FwdCoeffs<S> k[kMaxPlaneBlock];
-      for (int64_t blk = b0; blk < b1; ++blk) {
-        const int64_t c0 = blk * B, c1 = std::min(a.g.C, c0 + B);
-        plane_block_stats(x, a.g, c0, c1, st);
-        for (int64_t c = c0; c < c1; ++c) {
-          mean[c] = static_cast<S>(st[c - c0].mean);
-          var[c] = static_cast<S>(biased_var(st[c - c0].n, st[c - c0].m2));
-          k[c - c0] = fwd_coeffs<S>(mean[c], var[c], w, b, c, a.eps);
-        }
-        for (int64_t n = 0; n < a.g.N; ++n)
-          for (int64_t c = c0; c < c1; ++c) {
-            const FwdCoeffs<S>& kc = k[c - c0];
-            plane_channel_apply(x, y, res, a.relu, a.g, c, kc.mean, kc.scale, kc.bias, n, n + 1);
-          }
+      plane_block_stats(x, a.g, c0, c1, st);
+      for (int64_t c = c0; c < c1; ++c) {
+        mean[c] = static_cast<S>(st[c - c0].mean);
+        var[c] = static_cast<S>(biased_var(st[c - c0].n, st[c - c0].m2));
+        k[c - c0] = fwd_coeffs<S>(mean[c], var[c], w, b, c, a.eps);
       }
+      for (int64_t n = 0; n < a.g.N; ++n)
+        for (int64_t c = c0; c < c1; ++c) {
+          const FwdCoeffs<S>& kc = k[c - c0];
+          plane_channel_apply(x, y, res, a.relu, a.g, c, kc.mean, kc.scale, kc.bias, n, n + 1);
+        }
     });
   });
 }
@@ -879,12 +885,13 @@ void bwd_reduce(const BwdArgs& a) {
       rows_reduce(dy, x, out, a.g, mean, a.sum_dy, a.sum_dy_xmu);
       return;
     }
-    at::parallel_for(0, a.g.C, 1, [&](int64_t c0, int64_t c1) {
+    for_plane_blocks(a.g, sizeof(T), [&](int64_t c0, int64_t c1) {
+      PlaneSums<T> sums[kMaxPlaneBlock];
+      for (int64_t n = 0; n < a.g.N; ++n)
+        for (int64_t c = c0; c < c1; ++c) plane_channel_reduce(dy, x, out, a.g, c, mean[c], n, n + 1, sums[c - c0]);
       for (int64_t c = c0; c < c1; ++c) {
-        PlaneSums<T> sums;
-        plane_channel_reduce(dy, x, out, a.g, c, mean[c], 0, a.g.N, sums);
-        a.sum_dy[c] = sums.sum_dy();
-        a.sum_dy_xmu[c] = sums.sum_dy_xmu();
+        a.sum_dy[c] = sums[c - c0].sum_dy();
+        a.sum_dy_xmu[c] = sums[c - c0].sum_dy_xmu();
       }
     });
   });
@@ -903,9 +910,10 @@ void bwd_elemt(const BwdArgs& a) {
       rows_elemt(dy, x, out, dx, dres, a.g, mean, mdy, kk, aa);
       return;
     }
-    at::parallel_for(0, a.g.C, 1, [&](int64_t c0, int64_t c1) {
-      for (int64_t c = c0; c < c1; ++c)
-        plane_channel_elemt(dy, x, out, dx, dres, a.g, c, BwdCoeffs<S>{mean[c], mdy[c], kk[c], aa[c]}, 0, a.g.N);
+    for_plane_blocks(a.g, sizeof(T), [&](int64_t c0, int64_t c1) {
+      for (int64_t n = 0; n < a.g.N; ++n)
+        for (int64_t c = c0; c < c1; ++c)
+          plane_channel_elemt(dy, x, out, dx, dres, a.g, c, BwdCoeffs<S>{mean[c], mdy[c], kk[c], aa[c]}, n, n + 1);
     });
   });
 }
@@ -920,28 +928,23 @@ void bwd_fused(const BwdArgs& a) {
     const T *dy = v.dy, *x = v.x, *out = v.out;
     T *dx = v.dx, *dres = v.dres;
     const S *mean = v.mean, *var = static_cast<const S*>(a.var), *w = static_cast<const S*>(a.weight);
-    const int64_t B = plane_block(a.g, sizeof(T));
-    at::parallel_for(0, (a.g.C + B - 1) / B, 1, [&](int64_t b0, int64_t b1) {
+    for_plane_blocks(a.g, sizeof(T), [&](int64_t c0, int64_t c1) {
       PlaneSums<T> sums[kMaxPlaneBlock];
       BwdCoeffs<S> k[kMaxPlaneBlock];
-      for (int64_t blk = b0; blk < b1; ++blk) {
-        const int64_t c0 = blk * B, c1 = std::min(a.g.C, c0 + B);
-        for (int64_t c = c0; c < c1; ++c) sums[c - c0] = PlaneSums<T>{};
-        if (a.training || a.sum_dy)
-          for (int64_t n = 0; n < a.g.N; ++n)
-            for (int64_t c = c0; c < c1; ++c) plane_channel_reduce(dy, x, out, a.g, c, mean[c], n, n + 1, sums[c - c0]);
-        for (int64_t c = c0; c < c1; ++c) {
-          const double sdy = sums[c - c0].sum_dy(), sdx = sums[c - c0].sum_dy_xmu();
-          if (a.sum_dy) {
-            a.sum_dy[c] = sdy;
-            a.sum_dy_xmu[c] = sdx;
-          }
-          k[c - c0] = bwd_coeffs<S>(mean[c], var[c], w, c, sdy, sdx, a.count, a.training, a.eps);
+      if (a.training || a.sum_dy)
+        for (int64_t n = 0; n < a.g.N; ++n)
+          for (int64_t c = c0; c < c1; ++c) plane_channel_reduce(dy, x, out, a.g, c, mean[c], n, n + 1, sums[c - c0]);
+      for (int64_t c = c0; c < c1; ++c) {
+        const double sdy = sums[c - c0].sum_dy(), sdx = sums[c - c0].sum_dy_xmu();
+        if (a.sum_dy) {
+          a.sum_dy[c] = sdy;
+          a.sum_dy_xmu[c] = sdx;
         }
-        if (dx || dres)
-          for (int64_t n = 0; n < a.g.N; ++n)
-            for (int64_t c = c0; c < c1; ++c) plane_channel_elemt(dy, x, out, dx, dres, a.g, c, k[c - c0], n, n + 1);
+        k[c - c0] = bwd_coeffs<S>(mean[c], var[c], w, c, sdy, sdx, a.count, a.training, a.eps);
       }
+      if (dx || dres)
+        for (int64_t n = 0; n < a.g.N; ++n)
+          for (int64_t c = c0; c < c1; ++c) plane_channel_elemt(dy, x, out, dx, dres, a.g, c, k[c - c0], n, n + 1);
     });
   });
 }
