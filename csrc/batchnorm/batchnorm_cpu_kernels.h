@@ -175,28 +175,6 @@ Welford chunk_stats(const T* p, int64_t plane_stride, int64_t planes, int64_t le
   }
 }
 
-template <class T>
-Welford plane_channel_stats(const T* x, const Geom& g, int64_t c) {
-  using S = MathOf<T>;
-  Welford acc;
-  S shift = 0;
-  auto take = [&](const T* p, int64_t planes, int64_t len) {
-    welford_merge(acc, chunk_stats(p, g.C * g.inner, planes, len, acc.n > 0 ? &shift : nullptr));
-    shift = static_cast<S>(acc.mean);
-  };
-  const T* base = x + c * g.inner;
-  if (g.inner >= kPlaneChunk) {
-    for (int64_t n = 0; n < g.N; ++n)
-      for (int64_t s = 0; s < g.inner; s += kPlaneChunk)
-        take(base + n * g.C * g.inner + s, 1, std::min(kPlaneChunk, g.inner - s));
-  } else {
-    // Small planes: several per chunk, so that per-chunk costs (merge, sums) stay small.
-    const int64_t per = std::max<int64_t>(1, kPlaneChunk / std::max<int64_t>(g.inner, 1));
-    for (int64_t n = 0; n < g.N; n += per) take(base + n * g.C * g.inner, std::min(per, g.N - n), g.inner);
-  }
-  return acc;
-}
-
 // Channels per block of the fused plane walks. Small planes (under kPlaneChunk
 // elements) are walked image by image across a block of channels, whose planes lie
 // side by side in memory: one run of several KB per image instead of scattered runs of a
@@ -220,26 +198,39 @@ void for_plane_blocks(const Geom& g, size_t elem_bytes, const F& f) {
   });
 }
 
-// plane_channel_stats of channels [c0, c1), walked image group by image group across
-// the channels (see plane_block). Each channel's chunks and merges are those of
-// plane_channel_stats, in the same order.
+// Calls f(n, c) for the planes of channels [c0, c1), image by image (see plane_block).
+template <class F>
+void for_block_planes(const Geom& g, int64_t c0, int64_t c1, const F& f) {
+  for (int64_t n = 0; n < g.N; ++n)
+    for (int64_t c = c0; c < c1; ++c) f(n, c);
+}
+
+// (count, mean, M2) of each channel of [c0, c1): chunks of kPlaneChunk elements, a
+// piece of a plane or several small planes, merged in image order (Chan); each chunk is
+// shifted by its channel's mean so far (see chunk_stats). Small planes go image group by
+// image group across the channels (see plane_block); a channel's chunks and merges do
+// not depend on the block.
 template <class T>
 void plane_block_stats(const T* x, const Geom& g, int64_t c0, int64_t c1, Welford* out) {
   using S = MathOf<T>;
+  S shift[kMaxPlaneBlock];
+  auto take = [&](int64_t c, const T* p, int64_t planes, int64_t len) {
+    Welford& acc = out[c - c0];
+    welford_merge(acc, chunk_stats(p, g.C * g.inner, planes, len, acc.n > 0 ? &shift[c - c0] : nullptr));
+    shift[c - c0] = static_cast<S>(acc.mean);
+  };
+  for (int64_t c = c0; c < c1; ++c) out[c - c0] = Welford{};
   if (g.inner >= kPlaneChunk) {
-    for (int64_t c = c0; c < c1; ++c) out[c - c0] = plane_channel_stats(x, g, c);
+    for (int64_t c = c0; c < c1; ++c)
+      for (int64_t n = 0; n < g.N; ++n)
+        for (int64_t s = 0; s < g.inner; s += kPlaneChunk)
+          take(c, x + (n * g.C + c) * g.inner + s, 1, std::min(kPlaneChunk, g.inner - s));
     return;
   }
+  // Small planes: several per chunk, so that per-chunk costs (merge, sums) stay small.
   const int64_t per = std::max<int64_t>(1, kPlaneChunk / std::max<int64_t>(g.inner, 1));
-  for (int64_t c = c0; c < c1; ++c) out[c - c0] = Welford{};
-  S shift[kMaxPlaneBlock];
   for (int64_t n = 0; n < g.N; n += per)
-    for (int64_t c = c0; c < c1; ++c) {
-      Welford& acc = out[c - c0];
-      welford_merge(acc, chunk_stats(x + (n * g.C + c) * g.inner, g.C * g.inner, std::min(per, g.N - n), g.inner,
-                                     acc.n > 0 ? &shift[c - c0] : nullptr));
-      shift[c - c0] = static_cast<S>(acc.mean);
-    }
+    for (int64_t c = c0; c < c1; ++c) take(c, x + (n * g.C + c) * g.inner, std::min(per, g.N - n), g.inner);
 }
 
 // The next plane of this channel in an output, requested for writing as the kernel
@@ -260,133 +251,44 @@ struct OutputAhead {
   }
 };
 
+// Plane (n, c) of the output.
 template <class T, class S>
-void plane_channel_apply(const T* x, T* y, const T* res, bool relu, const Geom& g, int64_t c, S mean, S scale, S bias,
-                         int64_t n0, int64_t n1) {
+void plane_apply(const T* x, T* y, const T* res, bool relu, const Geom& g, int64_t n, int64_t c, S mean, S scale,
+                 S bias) {
   using L = Lanes<T>;
   using V = typename L::V;
   constexpr int N = L::N;
   const V vm(mean), vs(scale), vb(bias), zero(S(0));
   const bool has_res = res != nullptr;
-  for (int64_t n = n0; n < n1; ++n) {
-    const int64_t off = (n * g.C + c) * g.inner;
-    const T* px = x + off;
-    T* py = y + off;
-    const T* pr = has_res ? res + off : nullptr;
-    const OutputAhead ahead(y, g, n, c);
-    int64_t i = 0;
-    for (; i + 2 * N <= g.inner; i += 2 * N) {
-      ahead.at(i);
-      ahead.at(i + N);
-      V v0, v1, r0 = zero, r1 = zero;
-      L::load2(px + i, v0, v1);
-      if (has_res) L::load2(pr + i, r0, r1);
-      L::store2(py + i, bn_finish(bn_forward(v0, vm, vs, vb), r0, has_res, relu),
-                bn_finish(bn_forward(v1, vm, vs, vb), r1, has_res, relu));
-    }
-    for (; i + N <= g.inner; i += N) {
-      ahead.at(i);
-      const V v = bn_forward(L::load(px + i), vm, vs, vb);
-      L::store(py + i, bn_finish(v, has_res ? L::load(pr + i) : zero, has_res, relu));
-    }
-    if (i < g.inner && g.inner >= N) {
-      const int64_t j = g.inner - N;
-      const V v = bn_forward(L::load(px + j), vm, vs, vb);
-      L::store(py + j, bn_finish(v, has_res ? L::load(pr + j) : zero, has_res, relu));
-    } else if (i < g.inner) {
-      const int64_t rem = g.inner - i;
-      const V v = bn_forward(load_part(px + i, rem), vm, vs, vb);
-      store_part(py + i, rem, bn_finish(v, has_res ? load_part(pr + i, rem) : zero, has_res, relu));
-    }
+  const int64_t off = (n * g.C + c) * g.inner;
+  const T* px = x + off;
+  T* py = y + off;
+  const T* pr = has_res ? res + off : nullptr;
+  const OutputAhead ahead(y, g, n, c);
+  int64_t i = 0;
+  for (; i + 2 * N <= g.inner; i += 2 * N) {
+    ahead.at(i);
+    ahead.at(i + N);
+    V v0, v1, r0 = zero, r1 = zero;
+    L::load2(px + i, v0, v1);
+    if (has_res) L::load2(pr + i, r0, r1);
+    L::store2(py + i, bn_finish(bn_forward(v0, vm, vs, vb), r0, has_res, relu),
+              bn_finish(bn_forward(v1, vm, vs, vb), r1, has_res, relu));
   }
-}
-
-// Sums of dy' and dy' * (x - mean) over one channel: float lanes, flushed into double
-// every kPlaneChunk elements (several small planes share one flush). The walk over a
-// channel's images may be split into ranges, continuing the same sums.
-template <class T>
-struct PlaneSums {
-  using V = typename Lanes<T>::V;
-  V a = V(MathOf<T>(0)), b = V(MathOf<T>(0));
-  double ta = 0.0, tb = 0.0;
-  int64_t pending = 0;
-  double sum_dy() const { return ta + bn_hsum(a); }
-  double sum_dy_xmu() const { return tb + bn_hsum(b); }
-};
-
-template <class T, class S>
-void plane_channel_reduce(const T* dy, const T* x, const T* out, const Geom& g, int64_t c, S mean, int64_t n0,
-                          int64_t n1, PlaneSums<T>& sums) {
-  using L = Lanes<T>;
-  using V = typename L::V;
-  constexpr int N = L::N;
-  const V vm(mean);
-  // Runs are whole planes or kPlaneChunk pieces (a multiple of N) and a last piece.
-  const V tail = last_lanes_mask<T>((g.inner % kPlaneChunk) % N);
-  double ta = sums.ta, tb = sums.tb;
-  V a = sums.a, b = sums.b;
-  int64_t pending = sums.pending;
-  for (int64_t n = n0; n < n1; ++n) {
-    const int64_t off = (n * g.C + c) * g.inner;
-    const T* pd = dy + off;
-    const T* px = x + off;
-    const T* po = out ? out + off : nullptr;
-    for (int64_t s = 0; s < g.inner; s += kPlaneChunk) {
-      const int64_t e = std::min(g.inner, s + kPlaneChunk);
-      int64_t i = s;
-      if (po) {
-        for (; i + 2 * N <= e; i += 2 * N) {
-          V d0, d1, o0, o1, x0, x1;
-          L::load2(pd + i, d0, d1);
-          L::load2(po + i, o0, o1);
-          L::load2(px + i, x0, x1);
-          d0 = bn_keep_if_pos(o0, d0);
-          d1 = bn_keep_if_pos(o1, d1);
-          a = a + (d0 + d1);
-          b = b + (d0 * (x0 - vm) + d1 * (x1 - vm));
-        }
-        for (; i + N <= e; i += N) {
-          const V d = bn_keep_if_pos(L::load(po + i), L::load(pd + i));
-          a = a + d;
-          b = b + d * (L::load(px + i) - vm);
-        }
-      } else {
-        for (; i + 2 * N <= e; i += 2 * N) {
-          V d0, d1, x0, x1;
-          L::load2(pd + i, d0, d1);
-          L::load2(px + i, x0, x1);
-          a = a + (d0 + d1);
-          b = b + (d0 * (x0 - vm) + d1 * (x1 - vm));
-        }
-        for (; i + N <= e; i += N) {
-          const V d = L::load(pd + i);
-          a = a + d;
-          b = b + d * (L::load(px + i) - vm);
-        }
-      }
-      if (i < e && e - s >= N) {  // the overlapping last vector, its first lanes masked
-        const int64_t j = e - N;
-        V d = bn_keep_if_pos(tail, L::load(pd + j));
-        if (po) d = bn_keep_if_pos(L::load(po + j), d);
-        a = a + d;
-        b = b + d * (L::load(px + j) - vm);
-      } else if (i < e) {  // zero padding: dy' = 0 adds nothing
-        V d = load_part(pd + i, e - i);
-        if (po) d = bn_keep_if_pos(load_part(po + i, e - i), d);
-        a = a + d;
-        b = b + d * (load_part(px + i, e - i) - vm);
-      }
-      pending += e - s;
-      if (pending >= kPlaneChunk) {
-        ta += bn_hsum(a);
-        tb += bn_hsum(b);
-        a = V(S(0));
-        b = V(S(0));
-        pending = 0;
-      }
-    }
+  for (; i + N <= g.inner; i += N) {
+    ahead.at(i);
+    const V v = bn_forward(L::load(px + i), vm, vs, vb);
+    L::store(py + i, bn_finish(v, has_res ? L::load(pr + i) : zero, has_res, relu));
   }
-  sums = PlaneSums<T>{a, b, ta, tb, pending};
+  if (i < g.inner && g.inner >= N) {
+    const int64_t j = g.inner - N;
+    const V v = bn_forward(L::load(px + j), vm, vs, vb);
+    L::store(py + j, bn_finish(v, has_res ? L::load(pr + j) : zero, has_res, relu));
+  } else if (i < g.inner) {
+    const int64_t rem = g.inner - i;
+    const V v = bn_forward(load_part(px + i, rem), vm, vs, vb);
+    store_part(py + i, rem, bn_finish(v, has_res ? load_part(pr + i, rem) : zero, has_res, relu));
+  }
 }
 
 // dy' of 2N elements (load2's lane order): dy, kept where the forward output (out, the
@@ -402,53 +304,135 @@ inline void load2_dy(const T* dy, const T* out, typename Lanes<T>::V& d0, typena
   }
 }
 
+// Sums of dy' and dy' * (x - mean) over one channel, added to plane by plane (in image
+// order): float lanes, flushed into double every kPlaneChunk elements (several small
+// planes share one flush).
+template <class T>
+struct PlaneSums {
+  using V = typename Lanes<T>::V;
+  V a = V(MathOf<T>(0)), b = V(MathOf<T>(0));
+  double ta = 0.0, tb = 0.0;
+  int64_t pending = 0;
+  double sum_dy() const { return ta + bn_hsum(a); }
+  double sum_dy_xmu() const { return tb + bn_hsum(b); }
+};
+
 template <class T, class S>
-void plane_channel_elemt(const T* dy, const T* x, const T* out, T* dx, T* dres, const Geom& g, int64_t c,
-                         const BwdCoeffs<S>& k, int64_t n0, int64_t n1) {
+void plane_reduce(const T* dy, const T* x, const T* out, const Geom& g, int64_t n, int64_t c, S mean,
+                  PlaneSums<T>& sums) {
+  using L = Lanes<T>;
+  using V = typename L::V;
+  constexpr int N = L::N;
+  const V vm(mean);
+  // Runs are whole planes or kPlaneChunk pieces (a multiple of N) and a last piece.
+  const V tail = last_lanes_mask<T>((g.inner % kPlaneChunk) % N);
+  double ta = sums.ta, tb = sums.tb;
+  V a = sums.a, b = sums.b;
+  int64_t pending = sums.pending;
+  const int64_t off = (n * g.C + c) * g.inner;
+  const T* pd = dy + off;
+  const T* px = x + off;
+  const T* po = out ? out + off : nullptr;
+  for (int64_t s = 0; s < g.inner; s += kPlaneChunk) {
+    const int64_t e = std::min(g.inner, s + kPlaneChunk);
+    int64_t i = s;
+    if (po) {
+      for (; i + 2 * N <= e; i += 2 * N) {
+        V d0, d1, x0, x1;
+        load2_dy(pd + i, po + i, d0, d1);
+        L::load2(px + i, x0, x1);
+        a = a + (d0 + d1);
+        b = b + (d0 * (x0 - vm) + d1 * (x1 - vm));
+      }
+      for (; i + N <= e; i += N) {
+        const V d = bn_keep_if_pos(L::load(po + i), L::load(pd + i));
+        a = a + d;
+        b = b + d * (L::load(px + i) - vm);
+      }
+    } else {
+      for (; i + 2 * N <= e; i += 2 * N) {
+        V d0, d1, x0, x1;
+        L::load2(pd + i, d0, d1);
+        L::load2(px + i, x0, x1);
+        a = a + (d0 + d1);
+        b = b + (d0 * (x0 - vm) + d1 * (x1 - vm));
+      }
+      for (; i + N <= e; i += N) {
+        const V d = L::load(pd + i);
+        a = a + d;
+        b = b + d * (L::load(px + i) - vm);
+      }
+    }
+    if (i < e && e - s >= N) {  // the overlapping last vector, its first lanes masked
+      const int64_t j = e - N;
+      V d = bn_keep_if_pos(tail, L::load(pd + j));
+      if (po) d = bn_keep_if_pos(L::load(po + j), d);
+      a = a + d;
+      b = b + d * (L::load(px + j) - vm);
+    } else if (i < e) {  // zero padding: dy' = 0 adds nothing
+      V d = load_part(pd + i, e - i);
+      if (po) d = bn_keep_if_pos(load_part(po + i, e - i), d);
+      a = a + d;
+      b = b + d * (load_part(px + i, e - i) - vm);
+    }
+    pending += e - s;
+    if (pending >= kPlaneChunk) {
+      ta += bn_hsum(a);
+      tb += bn_hsum(b);
+      a = V(S(0));
+      b = V(S(0));
+      pending = 0;
+    }
+  }
+  sums = PlaneSums<T>{a, b, ta, tb, pending};
+}
+
+// Plane (n, c) of grad_input (and of the residual's grad).
+template <class T, class S>
+void plane_elemt(const T* dy, const T* x, const T* out, T* dx, T* dres, const Geom& g, int64_t n, int64_t c,
+                 const BwdCoeffs<S>& k) {
   using L = Lanes<T>;
   using V = typename L::V;
   constexpr int N = L::N;
   const V vm(k.mean), vmd(k.mean_dy), vk(k.k), va(k.a);
-  for (int64_t n = n0; n < n1; ++n) {
-    const int64_t off = (n * g.C + c) * g.inner;
-    const T* pd = dy + off;
-    const T* px = x + off;
-    const T* po = out ? out + off : nullptr;
-    T* pdx = dx ? dx + off : nullptr;
-    T* pdr = dres ? dres + off : nullptr;
-    const OutputAhead ahead(dx ? dx : dres, g, n, c);
-    int64_t i = 0;
-    for (; i + 2 * N <= g.inner; i += 2 * N) {
-      ahead.at(i);
-      ahead.at(i + N);
-      V d0, d1, x0, x1;
-      load2_dy(pd + i, po ? po + i : nullptr, d0, d1);
-      if (pdr) L::store2(pdr + i, d0, d1);
-      if (pdx) {
-        L::load2(px + i, x0, x1);
-        L::store2(pdx + i, bn_grad_input(d0, x0, vm, vmd, vk, va), bn_grad_input(d1, x1, vm, vmd, vk, va));
-      }
+  const int64_t off = (n * g.C + c) * g.inner;
+  const T* pd = dy + off;
+  const T* px = x + off;
+  const T* po = out ? out + off : nullptr;
+  T* pdx = dx ? dx + off : nullptr;
+  T* pdr = dres ? dres + off : nullptr;
+  const OutputAhead ahead(dx ? dx : dres, g, n, c);
+  int64_t i = 0;
+  for (; i + 2 * N <= g.inner; i += 2 * N) {
+    ahead.at(i);
+    ahead.at(i + N);
+    V d0, d1, x0, x1;
+    load2_dy(pd + i, po ? po + i : nullptr, d0, d1);
+    if (pdr) L::store2(pdr + i, d0, d1);
+    if (pdx) {
+      L::load2(px + i, x0, x1);
+      L::store2(pdx + i, bn_grad_input(d0, x0, vm, vmd, vk, va), bn_grad_input(d1, x1, vm, vmd, vk, va));
     }
-    for (; i + N <= g.inner; i += N) {
-      ahead.at(i);
-      V d = L::load(pd + i);
-      if (po) d = bn_keep_if_pos(L::load(po + i), d);
-      if (pdr) L::store(pdr + i, d);
-      if (pdx) L::store(pdx + i, bn_grad_input(d, L::load(px + i), vm, vmd, vk, va));
-    }
-    if (i < g.inner && g.inner >= N) {
-      const int64_t j = g.inner - N;
-      V d = L::load(pd + j);
-      if (po) d = bn_keep_if_pos(L::load(po + j), d);
-      if (pdr) L::store(pdr + j, d);
-      if (pdx) L::store(pdx + j, bn_grad_input(d, L::load(px + j), vm, vmd, vk, va));
-    } else if (i < g.inner) {
-      const int64_t rem = g.inner - i;
-      V d = load_part(pd + i, rem);
-      if (po) d = bn_keep_if_pos(load_part(po + i, rem), d);
-      if (pdr) store_part(pdr + i, rem, d);
-      if (pdx) store_part(pdx + i, rem, bn_grad_input(d, load_part(px + i, rem), vm, vmd, vk, va));
-    }
+  }
+  for (; i + N <= g.inner; i += N) {
+    ahead.at(i);
+    V d = L::load(pd + i);
+    if (po) d = bn_keep_if_pos(L::load(po + i), d);
+    if (pdr) L::store(pdr + i, d);
+    if (pdx) L::store(pdx + i, bn_grad_input(d, L::load(px + i), vm, vmd, vk, va));
+  }
+  if (i < g.inner && g.inner >= N) {
+    const int64_t j = g.inner - N;
+    V d = L::load(pd + j);
+    if (po) d = bn_keep_if_pos(L::load(po + j), d);
+    if (pdr) L::store(pdr + j, d);
+    if (pdx) L::store(pdx + j, bn_grad_input(d, L::load(px + j), vm, vmd, vk, va));
+  } else if (i < g.inner) {
+    const int64_t rem = g.inner - i;
+    V d = load_part(pd + i, rem);
+    if (po) d = bn_keep_if_pos(load_part(po + i, rem), d);
+    if (pdr) store_part(pdr + i, rem, d);
+    if (pdx) store_part(pdx + i, rem, bn_grad_input(d, load_part(px + i, rem), vm, vmd, vk, va));
   }
 }
 
@@ -608,11 +592,13 @@ constexpr bool kRowsPaired = Lanes<T>::pair_lane(Lanes<T>::N) != Lanes<T>::N;
 
 // Per-channel coefficients reordered so that, for each 2N channels, two plain vector
 // loads give them in the lane order of Lanes<T>::load2.
+// (Empty where kRowsPaired is false: nothing reads it.)
 template <class T, class S>
 std::vector<S> paired_coeffs(const S* src, int64_t C) {
+  if constexpr (!kRowsPaired<T>) return {};
   constexpr int N2 = 2 * Lanes<T>::N;
   std::vector<S> out(src, src + C);
-  for (int64_t c = 0; kRowsPaired<T> && c + N2 <= C; c += N2)
+  for (int64_t c = 0; c + N2 <= C; c += N2)
     for (int j = 0; j < N2; ++j) out[c + j] = src[c + Lanes<T>::pair_lane(j)];
   return out;
 }
@@ -821,9 +807,9 @@ void apply(const FwdArgs& a) {
       return;
     }
     for_plane_blocks(a.g, sizeof(T), [&](int64_t c0, int64_t c1) {
-      for (int64_t n = 0; n < a.g.N; ++n)
-        for (int64_t c = c0; c < c1; ++c)
-          plane_channel_apply(x, y, res, a.relu, a.g, c, mean[c], scale[c], bias[c], n, n + 1);
+      for_block_planes(a.g, c0, c1, [&](int64_t n, int64_t c) {
+        plane_apply(x, y, res, a.relu, a.g, n, c, mean[c], scale[c], bias[c]);
+      });
     });
   });
 }
@@ -850,11 +836,10 @@ void train_fused(const FwdArgs& a) {
         var[c] = static_cast<S>(biased_var(st[c - c0].n, st[c - c0].m2));
         k[c - c0] = fwd_coeffs<S>(mean[c], var[c], w, b, c, a.eps);
       }
-      for (int64_t n = 0; n < a.g.N; ++n)
-        for (int64_t c = c0; c < c1; ++c) {
-          const FwdCoeffs<S>& kc = k[c - c0];
-          plane_channel_apply(x, y, res, a.relu, a.g, c, kc.mean, kc.scale, kc.bias, n, n + 1);
-        }
+      for_block_planes(a.g, c0, c1, [&](int64_t n, int64_t c) {
+        const FwdCoeffs<S>& kc = k[c - c0];
+        plane_apply(x, y, res, a.relu, a.g, n, c, kc.mean, kc.scale, kc.bias);
+      });
     });
   });
 }
@@ -887,8 +872,8 @@ void bwd_reduce(const BwdArgs& a) {
     }
     for_plane_blocks(a.g, sizeof(T), [&](int64_t c0, int64_t c1) {
       PlaneSums<T> sums[kMaxPlaneBlock];
-      for (int64_t n = 0; n < a.g.N; ++n)
-        for (int64_t c = c0; c < c1; ++c) plane_channel_reduce(dy, x, out, a.g, c, mean[c], n, n + 1, sums[c - c0]);
+      for_block_planes(a.g, c0, c1,
+                       [&](int64_t n, int64_t c) { plane_reduce(dy, x, out, a.g, n, c, mean[c], sums[c - c0]); });
       for (int64_t c = c0; c < c1; ++c) {
         a.sum_dy[c] = sums[c - c0].sum_dy();
         a.sum_dy_xmu[c] = sums[c - c0].sum_dy_xmu();
@@ -911,9 +896,9 @@ void bwd_elemt(const BwdArgs& a) {
       return;
     }
     for_plane_blocks(a.g, sizeof(T), [&](int64_t c0, int64_t c1) {
-      for (int64_t n = 0; n < a.g.N; ++n)
-        for (int64_t c = c0; c < c1; ++c)
-          plane_channel_elemt(dy, x, out, dx, dres, a.g, c, BwdCoeffs<S>{mean[c], mdy[c], kk[c], aa[c]}, n, n + 1);
+      for_block_planes(a.g, c0, c1, [&](int64_t n, int64_t c) {
+        plane_elemt(dy, x, out, dx, dres, a.g, n, c, BwdCoeffs<S>{mean[c], mdy[c], kk[c], aa[c]});
+      });
     });
   });
 }
@@ -932,8 +917,8 @@ void bwd_fused(const BwdArgs& a) {
       PlaneSums<T> sums[kMaxPlaneBlock];
       BwdCoeffs<S> k[kMaxPlaneBlock];
       if (a.training || a.sum_dy)
-        for (int64_t n = 0; n < a.g.N; ++n)
-          for (int64_t c = c0; c < c1; ++c) plane_channel_reduce(dy, x, out, a.g, c, mean[c], n, n + 1, sums[c - c0]);
+        for_block_planes(a.g, c0, c1,
+                         [&](int64_t n, int64_t c) { plane_reduce(dy, x, out, a.g, n, c, mean[c], sums[c - c0]); });
       for (int64_t c = c0; c < c1; ++c) {
         const double sdy = sums[c - c0].sum_dy(), sdx = sums[c - c0].sum_dy_xmu();
         if (a.sum_dy) {
@@ -943,8 +928,8 @@ void bwd_fused(const BwdArgs& a) {
         k[c - c0] = bwd_coeffs<S>(mean[c], var[c], w, c, sdy, sdx, a.count, a.training, a.eps);
       }
       if (dx || dres)
-        for (int64_t n = 0; n < a.g.N; ++n)
-          for (int64_t c = c0; c < c1; ++c) plane_channel_elemt(dy, x, out, dx, dres, a.g, c, k[c - c0], n, n + 1);
+        for_block_planes(a.g, c0, c1,
+                         [&](int64_t n, int64_t c) { plane_elemt(dy, x, out, dx, dres, a.g, n, c, k[c - c0]); });
     });
   });
 }
