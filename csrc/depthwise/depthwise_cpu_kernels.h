@@ -9,10 +9,10 @@
 // phase-split float buffer (see the NCHW section) so that each tap is one contiguous
 // run over the whole flattened output plane; 3x3 and 5x5 keep all taps in registers.
 // channels_last: one task per image row. At 3x3 and 5x5 with depth multiplier 1 a row
-// is walked kCW channels at a time (8; 16 in the AVX-512 unit) with the taps' weights or sums in registers ("row
-// blocks"; at stride 1 with size-preserving padding the backward walks each row once
-// for grad_input and grad_weight together); otherwise pixel groups run over contiguous
-// 32-channel blocks.
+// is walked kCW channels at a time (8; 16 in the AVX-512 unit) with the taps' weights
+// or sums in registers ("row blocks"; at stride 1 with size-preserving padding the
+// backward walks each row once for grad_input and grad_weight together); otherwise
+// pixel groups run over contiguous 32-channel blocks.
 // grad_weight: per-(image, channel) (NCHW) or per-fixed-chunk-of-rows (channels_last)
 // partials, summed in a fixed order at the end, so results do not depend on the thread
 // count.
@@ -89,6 +89,16 @@ struct RowPrefetch {
     wr.step_write(wr_lines);
   }
 };
+
+// channels_last: the KH_ input rows that output row oh of image n reads, a row of zeros
+// (W * C) where a kernel row falls outside the image.
+template <int KH_, class T>
+inline void tap_input_rows(const Geom& g, const T* in, int64_t n, int64_t oh, const T* zeros, const T** rows) {
+  for (int i = 0; i < KH_; ++i) {
+    const int64_t ih = tap_source(oh, i, g.SH, g.DH, g.PT);
+    rows[i] = ih >= 0 && ih < g.H ? in + (n * g.H + ih) * g.W * g.C : zeros;
+  }
+}
 
 // channels_last: the input rows that output row r + 1 (flattened over the batch) reads
 // and row r did not: up to SH rows, contiguous in memory. Returns the first of them and
@@ -1167,10 +1177,7 @@ void forward_cl(const ForwardArgs& a) {
         for (int64_t r = begin; r < end; ++r) {
           const int64_t n = r / g.OH, oh = r % g.OH;
           const T* rows[KH_];
-          for (int i = 0; i < KH_; ++i) {
-            const int64_t ih = tap_source(oh, i, g.SH, g.DH, g.PT);
-            rows[i] = ih >= 0 && ih < g.H ? in + (n * g.H + ih) * g.W * g.C : zeros.data();
-          }
+          tap_input_rows<KH_>(g, in, n, oh, zeros.data(), rows);
           int64_t in_bytes = 0;
           const T* next_in = next_row_inputs(g, in, r, r + 1 < end, &in_bytes);
           ahead.reset(next_in, in_bytes, r + 1 < end ? out + (r + 1) * out_row : nullptr,
@@ -1385,10 +1392,7 @@ void backward_cl(const BackwardArgs& a) {
           for (int64_t r = ch * rows / chunks; r < r_end; ++r) {
             const int64_t n = r / g.OH, oh = r % g.OH;
             const T* xrows[KH_];
-            for (int i = 0; i < KH_; ++i) {
-              const int64_t ih = tap_source(oh, i, g.SH, g.DH, g.PT);
-              xrows[i] = ih >= 0 && ih < g.H ? in + (n * g.H + ih) * g.W * C : zeros.data();
-            }
+            tap_input_rows<KH_>(g, in, n, oh, zeros.data(), xrows);
             // The next row's grad_out row and the input rows it adds.
             const bool more = r + 1 < r_end;
             int64_t x_bytes = 0;
