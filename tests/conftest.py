@@ -24,9 +24,9 @@ DEVICES = [
     pytest.param("cuda", marks=[pytest.mark.cuda, pytest.mark.skipif(not torch.cuda.is_available(), reason=CUDA_SKIP_REASON)]),
 ]
 
-# CPU kernel variants, narrowest first. AVX-512 has kernels of its own only in the
-# depthwise family (the others run their AVX2 kernels there), so only the depthwise
-# tests ask for it (simd_all).
+# CPU kernel variants, narrowest first. AVX-512 has kernels of its own in the depthwise
+# and batch norm families (the optimizers run their AVX2 kernels there), whose tests ask
+# for it (simd_all).
 SIMD_RANK = {"scalar": 0, "avx2": 1, "avx512": 2}
 
 
@@ -45,11 +45,11 @@ def _run_with_simd(level):
 
 @pytest.fixture(params=["avx2", "scalar"])
 def simd(request):
-    """Runs the test once per CPU kernel variant of the optimizer and batch norm families."""
+    """Runs the test once per CPU kernel variant of the optimizers."""
     yield from _run_with_simd(request.param)
 
 
 @pytest.fixture(params=["avx512", "avx2", "scalar"])
 def simd_all(request):
-    """Runs the test once per CPU kernel variant, AVX-512 included (depthwise)."""
+    """Runs the test once per CPU kernel variant, AVX-512 included (depthwise, batch norm)."""
     yield from _run_with_simd(request.param)

@@ -1,6 +1,6 @@
 // CPU backend of the batch norm ops: the op shells and checks are Ops<CpuBackend>
 // (batchnorm_ops.h); this file computes per-channel coefficients and calls the kernel
-// variant (AVX2 or scalar) this CPU supports.
+// variant (AVX-512, AVX2 or scalar) this CPU supports.
 #include <ATen/Dispatch.h>
 #include <ATen/Parallel.h>
 #include <ATen/ops/zeros.h>
@@ -24,7 +24,26 @@ at::Tensor fresh_output(const Prepared& p) {
   return t;
 }
 
-bool use_avx2() { return cpu_simd() != CpuSimd::Scalar; }  // also at Avx512 (no unit of its own)
+// The kernel variant for this CPU (or the one tests chose with _set_cpu_simd).
+struct Kernels {
+  void (*stats)(c10::ScalarType, const Geom&, const void*, const StatsOut&);
+  void (*apply)(const FwdArgs&);
+  void (*train_fused)(const FwdArgs&);
+  void (*bwd_reduce)(const BwdArgs&);
+  void (*bwd_elemt)(const BwdArgs&);
+  void (*bwd_fused)(const BwdArgs&);
+};
+#define FO_BN_KERNELS(ns) \
+  Kernels { ns::stats, ns::apply, ns::train_fused, ns::bwd_reduce, ns::bwd_elemt, ns::bwd_fused }
+const Kernels& kernels() {
+  static const Kernels k512 = FO_BN_KERNELS(avx512), k2 = FO_BN_KERNELS(avx2), k1 = FO_BN_KERNELS(scalar);
+  switch (cpu_simd()) {
+    case CpuSimd::Avx512: return k512;
+    case CpuSimd::Avx2: return k2;
+    default: return k1;
+  }
+}
+#undef FO_BN_KERNELS
 
 template <class Body>
 void dispatch_math(c10::ScalarType acc, const Body& body) {
@@ -43,7 +62,7 @@ struct Stats {
 };
 
 void local_stats(const Prepared& p, Stats& s) {
-  (use_avx2() ? avx2::stats : scalar::stats)(p.x.scalar_type(), p.g, p.x.data_ptr(), s.out());
+  kernels().stats(p.x.scalar_type(), p.g, p.x.data_ptr(), s.out());
 }
 
 void write_stats(const Prepared& p, const Stats& s, at::Tensor& mean, at::Tensor& var) {
@@ -120,7 +139,7 @@ struct CpuBackend {
       a.weight_in = ptr_or_null(affine.w);
       a.bias_in = ptr_or_null(affine.b);
       a.eps = eps;
-      (use_avx2() ? avx2::train_fused : scalar::train_fused)(a);
+      kernels().train_fused(a);
       return;
     }
     stats(p, mean, var);
@@ -147,7 +166,7 @@ struct CpuBackend {
       FwdArgs a = fwd_args(p, y, residual, relu, const_cast<S*>(m));
       a.scale = scale;
       a.bias = bias;
-      (use_avx2() ? avx2::apply : scalar::apply)(a);
+      kernels().apply(a);
     });
   }
 
@@ -183,7 +202,7 @@ struct CpuBackend {
     BwdArgs a = bwd_args(p, dy, out, mean);
     a.sum_dy = sum_dy;
     a.sum_dy_xmu = sum_dy_xmu;
-    (use_avx2() ? avx2::bwd_reduce : scalar::bwd_reduce)(a);
+    kernels().bwd_reduce(a);
   }
 
   static void elemt(const Prepared& p, const at::Tensor& dy, const at::Tensor* out, const OptTensor& w,
@@ -195,7 +214,7 @@ struct CpuBackend {
     a.k = coeffs[1].data_ptr();
     a.a = coeffs[2].data_ptr();
     a.dx = dx.data_ptr();
-    (use_avx2() ? avx2::bwd_elemt : scalar::bwd_elemt)(a);
+    kernels().bwd_elemt(a);
   }
 
   static void backward(const Prepared& p, const at::Tensor& dy, const at::Tensor* out, const OptTensor& w,
@@ -215,16 +234,16 @@ struct CpuBackend {
       a.sum_dy_xmu = sum_dy_xmu;
     }
     if (!p.g.rows) {  // planes: the sums and the element pass of a channel in one task
-      (use_avx2() ? avx2::bwd_fused : scalar::bwd_fused)(a);
+      kernels().bwd_fused(a);
     } else {
-      if (want_sums) (use_avx2() ? avx2::bwd_reduce : scalar::bwd_reduce)(a);
+      if (want_sums) kernels().bwd_reduce(a);
       if (dx || dres) {
         const at::Tensor coeffs = bwd_coeff_table(p, mean, var, w, want_sums ? sum_dy : nullptr,
                                                   sum_dy_xmu, count, training, eps);
         a.mean_dy = coeffs[0].data_ptr();
         a.k = coeffs[1].data_ptr();
         a.a = coeffs[2].data_ptr();
-        (use_avx2() ? avx2::bwd_elemt : scalar::bwd_elemt)(a);
+        kernels().bwd_elemt(a);
       }
     }
     if (gw) {

@@ -1,5 +1,6 @@
 // CPU kernel bodies of batch norm, compiled once per instruction set by
-// batchnorm_cpu_avx2.cpp and batchnorm_cpu_scalar.cpp (no include guard on purpose).
+// batchnorm_cpu_avx512.cpp, batchnorm_cpu_avx2.cpp and batchnorm_cpu_scalar.cpp (no
+// include guard on purpose).
 // The including unit defines FO_CPU_NS and brings Lanes<T> into it, plus bn_hsum,
 // bn_relu and bn_keep_if_pos for its vector type.
 //
@@ -106,9 +107,12 @@ struct PlaneAhead {
   PlaneAhead(const T* base, const Geom& g, int64_t n, int64_t c, int64_t offset = 0) {
     if (base && n + 1 < g.N) next = reinterpret_cast<const char*>(base + ((n + 1) * g.C + c) * g.inner + offset);
   }
-  void at(int64_t i) const {  // call at every vector of element offset i
+  // Call for every step [i, i + n) of the walk: requests the lines that start there.
+  void at(int64_t i, int64_t n) const {
     constexpr int64_t kLine = 64 / sizeof(T);
-    if (next && i % kLine == 0) __builtin_prefetch(next + i * sizeof(T), kWrite, 3);
+    if (!next) return;
+    for (int64_t j = (i + kLine - 1) / kLine * kLine; j < i + n; j += kLine)
+      __builtin_prefetch(next + j * sizeof(T), kWrite, 3);
   }
 };
 template <class T>
@@ -129,8 +133,8 @@ struct InputsAhead {
     in[1] = ReadAhead<T>(b, g, n, c);
     in[2] = ReadAhead<T>(d, g, n, c);
   }
-  void at(int64_t i) const {
-    for (const ReadAhead<T>& r : in) r.at(i);
+  void at(int64_t i, int64_t n) const {
+    for (const ReadAhead<T>& r : in) r.at(i, n);
   }
 };
 
@@ -187,7 +191,7 @@ Welford chunk_stats(const T* p, int64_t plane_stride, int64_t planes, int64_t le
       const T* r = p + k * plane_stride;
       int64_t i = 0;
       for (; i + 2 * N <= len; i += 2 * N) {
-        ahead.at(i);
+        ahead.at(i, 2 * N);
         V e0, e1;
         L::load2(r + i, e0, e1);
         e0 = e0 - vm;
@@ -297,8 +301,7 @@ void plane_apply(const T* x, T* y, const T* res, bool relu, const Geom& g, int64
   const WriteAhead<T> ahead(y, g, n, c);
   int64_t i = 0;
   for (; i + 2 * N <= g.inner; i += 2 * N) {
-    ahead.at(i);
-    ahead.at(i + N);
+    ahead.at(i, 2 * N);
     V v0, v1, r0 = zero, r1 = zero;
     L::load2(px + i, v0, v1);
     if (has_res) L::load2(pr + i, r0, r1);
@@ -306,7 +309,7 @@ void plane_apply(const T* x, T* y, const T* res, bool relu, const Geom& g, int64
               bn_finish(bn_forward(v1, vm, vs, vb), r1, has_res, relu));
   }
   for (; i + N <= g.inner; i += N) {
-    ahead.at(i);
+    ahead.at(i, N);
     const V v = bn_forward(L::load(px + i), vm, vs, vb);
     L::store(py + i, bn_finish(v, has_res ? L::load(pr + i) : zero, has_res, relu));
   }
@@ -369,7 +372,7 @@ void plane_reduce(const T* dy, const T* x, const T* out, const Geom& g, int64_t 
     int64_t i = s;
     if (po) {
       for (; i + 2 * N <= e; i += 2 * N) {
-        ahead.at(i);
+        ahead.at(i, 2 * N);
         V d0, d1, x0, x1;
         load2_dy(pd + i, po + i, d0, d1);
         L::load2(px + i, x0, x1);
@@ -383,7 +386,7 @@ void plane_reduce(const T* dy, const T* x, const T* out, const Geom& g, int64_t 
       }
     } else {
       for (; i + 2 * N <= e; i += 2 * N) {
-        ahead.at(i);
+        ahead.at(i, 2 * N);
         V d0, d1, x0, x1;
         L::load2(pd + i, d0, d1);
         L::load2(px + i, x0, x1);
@@ -437,8 +440,7 @@ void plane_elemt(const T* dy, const T* x, const T* out, T* dx, T* dres, const Ge
   const WriteAhead<T> ahead(dx ? dx : dres, g, n, c);
   int64_t i = 0;
   for (; i + 2 * N <= g.inner; i += 2 * N) {
-    ahead.at(i);
-    ahead.at(i + N);
+    ahead.at(i, 2 * N);
     V d0, d1, x0, x1;
     load2_dy(pd + i, po ? po + i : nullptr, d0, d1);
     if (pdr) L::store2(pdr + i, d0, d1);
@@ -448,7 +450,7 @@ void plane_elemt(const T* dy, const T* x, const T* out, T* dx, T* dres, const Ge
     }
   }
   for (; i + N <= g.inner; i += N) {
-    ahead.at(i);
+    ahead.at(i, N);
     V d = L::load(pd + i);
     if (po) d = bn_keep_if_pos(L::load(po + i), d);
     if (pdr) L::store(pdr + i, d);
@@ -552,6 +554,7 @@ void rows_stats(const T* x, const Geom& g, const StatsOut& o) {
         const S* sh = s > r0 ? shift.data() : nullptr;
         int64_t c = 0;
         for (; c + 4 * N <= C; c += 4 * N) rows_chunk_stats<4>(x, C, s, e, c, sh, m.data(), dsum.data(), qsum.data());
+        for (; c + 2 * N <= C; c += 2 * N) rows_chunk_stats<2>(x, C, s, e, c, sh, m.data(), dsum.data(), qsum.data());
         for (; c + N <= C; c += N) rows_chunk_stats<1>(x, C, s, e, c, sh, m.data(), dsum.data(), qsum.data());
         for (; c < C; ++c) {  // channels past the last full vector
           if (sh) {
@@ -585,6 +588,8 @@ void rows_stats(const T* x, const Geom& g, const StatsOut& o) {
             c = 0;
             for (; c + 4 * N <= C; c += 4 * N)
               rows_chunk_stats<4>(x, C, s, e, c, sh, m.data(), dsum.data(), qsum.data());
+            for (; c + 2 * N <= C; c += 2 * N)
+              rows_chunk_stats<2>(x, C, s, e, c, sh, m.data(), dsum.data(), qsum.data());
             for (; c + N <= C; c += N) rows_chunk_stats<1>(x, C, s, e, c, sh, m.data(), dsum.data(), qsum.data());
             for (; c < C; ++c) {
               m[c] = sh[c];
@@ -724,6 +729,7 @@ void rows_reduce(const T* dy, const T* x, const T* out, const Geom& g, const S* 
         const int64_t e = std::min(r1, s + R);
         int64_t c = 0;
         for (; c + 4 * N <= C; c += 4 * N) rows_chunk_reduce<4>(dy, x, out, C, s, e, c, mean, a.data(), b.data());
+        for (; c + 2 * N <= C; c += 2 * N) rows_chunk_reduce<2>(dy, x, out, C, s, e, c, mean, a.data(), b.data());
         for (; c + N <= C; c += N) rows_chunk_reduce<1>(dy, x, out, C, s, e, c, mean, a.data(), b.data());
         for (; c < C; ++c) {
           S ta = 0, tb = 0;

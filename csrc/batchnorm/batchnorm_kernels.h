@@ -77,6 +77,7 @@ struct StatsOut {
   void bwd_elemt(const BwdArgs& a);                                              \
   void bwd_fused(const BwdArgs& a);                                              \
   }
+FO_BN_DECLARE(avx512)
 FO_BN_DECLARE(avx2)
 FO_BN_DECLARE(scalar)
 #undef FO_BN_DECLARE

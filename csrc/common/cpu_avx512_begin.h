@@ -3,11 +3,13 @@
 // top of AVX2+FMA+F16C, as cpu_avx2_begin.h does for AVX2 (read that first: torch and
 // the standard library are included before the target switch).
 //
-// The unit uses the AVX2 lanes (simd_avx2.h) for its bf16/fp16 conversions, compiled
-// here under another namespace name: those inline functions have external linkage, and
-// a copy built with AVX-512 must never be the one the AVX2 unit links to. Sets
-// FO_HAVE_AVX2_UNIT (the kernels' test for vector lanes) and FO_HAVE_AVX512_UNIT, with
-// 16-lane bf16/fp16 conversions (simd_avx512.h).
+// The unit's Lanes<T> are the 16-lane ones of simd_avx512.h where it defines
+// FO_AVX512_WIDE_LANES before including this (batch norm). Otherwise (depthwise, whose
+// NCHW and pixel-group kernels stay at 8 channels) they are the AVX2 lanes
+// (simd_avx2.h), compiled here under another namespace name: those inline functions
+// have external linkage, and a copy built with AVX-512 must never be the one the AVX2
+// unit links to; simd_avx512.h is there too. Sets FO_HAVE_AVX2_UNIT (the kernels' test
+// for vector lanes) and FO_HAVE_AVX512_UNIT.
 #include <ATen/Parallel.h>
 #include <c10/core/ScalarType.h>
 #include <c10/util/BFloat16.h>
@@ -32,13 +34,19 @@
 #else
 #pragma GCC target("avx2,fma,f16c,avx512f,avx512vl,avx512bw,avx512dq")
 #endif
+#include "simd_avx512.h"
+#if defined(FO_AVX512_WIDE_LANES)
+namespace fusedopt {
+namespace avx512 { using simd_avx512::Lanes; }
+}  // namespace fusedopt
+#else
 #define simd_avx2 simd_avx2_in_avx512_unit
 #include "simd_avx2.h"
 #undef simd_avx2
-#include "simd_avx512.h"
 namespace fusedopt {
 namespace avx512 { using simd_avx2_in_avx512_unit::Lanes; }
 }  // namespace fusedopt
+#endif
 #else
 #define FO_HAVE_AVX2_UNIT 0
 #define FO_HAVE_AVX512_UNIT 0

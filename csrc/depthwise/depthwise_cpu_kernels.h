@@ -198,7 +198,7 @@ inline typename VecOf<Acc, W>::type loadv(const T* p) {
     std::memcpy(&v, p, sizeof(v));
   } else if constexpr (kHalfLanes<Acc, T>) {
 #if defined(FO_HAVE_AVX512_UNIT) && FO_HAVE_AVX512_UNIT
-    if constexpr (W == 16) return (typename VecOf<Acc, W>::type)::fusedopt::simd_avx512::Lanes16<T>::load(p);
+    if constexpr (W == 16) return (typename VecOf<Acc, W>::type)::fusedopt::simd_avx512::Lanes<T>::load(p).v;
 #endif
 #if defined(FO_HAVE_AVX2_UNIT) && FO_HAVE_AVX2_UNIT
     using L = ::fusedopt::FO_CPU_NS::Lanes<T>;
@@ -216,7 +216,7 @@ inline void storev(T* p, typename VecOf<Acc, W>::type v) {
     std::memcpy(p, &v, sizeof(v));
   } else if constexpr (kHalfLanes<Acc, T>) {
 #if defined(FO_HAVE_AVX512_UNIT) && FO_HAVE_AVX512_UNIT
-    if constexpr (W == 16) return ::fusedopt::simd_avx512::Lanes16<T>::store(p, (__m512)v);
+    if constexpr (W == 16) return ::fusedopt::simd_avx512::Lanes<T>::store(p, ::fusedopt::simd_avx512::VecF((__m512)v));
 #endif
 #if defined(FO_HAVE_AVX2_UNIT) && FO_HAVE_AVX2_UNIT
     using L = ::fusedopt::FO_CPU_NS::Lanes<T>;

@@ -129,26 +129,27 @@ def _run_parity(kind, shape, channels_last, dtype, cfg):
 @pytest.mark.parametrize("kind,shape", SHAPES)
 @pytest.mark.parametrize("channels_last", [False, True])
 @pytest.mark.parametrize("cfg", CONFIGS, ids=["affine", "noaffine-cma", "notrack"])
-def test_parity_float32(simd, kind, shape, channels_last, cfg):
+def test_parity_float32(simd_all, kind, shape, channels_last, cfg):
     _run_parity(kind, shape, channels_last, torch.float32, cfg)
 
 
 @pytest.mark.parametrize("kind,shape", [SHAPES[1], SHAPES[2], SHAPES[4]])
 @pytest.mark.parametrize("channels_last", [False, True])
 @pytest.mark.parametrize("dtype", [torch.float64, torch.bfloat16, torch.float16])
-def test_parity_dtypes(simd, kind, shape, channels_last, dtype):
+def test_parity_dtypes(simd_all, kind, shape, channels_last, dtype):
     _run_parity(kind, shape, channels_last, dtype, CONFIGS[0])
 
 
 @pytest.mark.parametrize("channels_last", [False, True])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.bfloat16])
-def test_parity_many_channels(simd, channels_last, dtype):
-    # 45 channels: the row kernels' 4-vector column groups, single vectors and a scalar tail.
-    _run_parity(2, (3, 45, 5, 7), channels_last, dtype, CONFIGS[0])
+def test_parity_many_channels(simd_all, channels_last, dtype):
+    # 125 channels: the row kernels' 4-, 2- and 1-vector column groups and a scalar
+    # tail, at 8 lanes (AVX2) and at 16 (AVX-512).
+    _run_parity(2, (3, 125, 5, 7), channels_last, dtype, CONFIGS[0])
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
-def test_parity_planes_shorter_than_a_vector(simd, dtype):
+def test_parity_planes_shorter_than_a_vector(simd_all, dtype):
     _run_parity(1, (9, 4, 3), False, dtype, CONFIGS[0])
 
 
@@ -168,7 +169,7 @@ def test_half_module_weights_in_input_dtype():
 
 
 @pytest.mark.parametrize("channels_last", [False, True])
-def test_large_mean_is_stable(simd, channels_last):
+def test_large_mean_is_stable(simd_all, channels_last):
     torch.manual_seed(1)
     x = _layout(1e4 + torch.randn(8, 4, 33, 31, dtype=torch.float64), channels_last)
     xf = x.float()
@@ -187,7 +188,7 @@ def test_large_mean_is_stable(simd, channels_last):
 
 @pytest.mark.parametrize("channels_last", [False, True])
 @pytest.mark.parametrize("shape", [(6, 3, 50, 45), (300, 3, 3, 4)], ids=["large-planes", "small-planes"])
-def test_stats_with_shifting_means(simd, channels_last, shape):
+def test_stats_with_shifting_means(simd_all, channels_last, shape):
     # Samples with very different means and little spread inside each: later chunks are
     # shifted by the mean of earlier ones, so the between-chunk part must merge exactly.
     # Small planes: several samples share a chunk.
@@ -243,16 +244,17 @@ def test_gradcheck_no_affine_3d():
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
-def test_batch_norm_relu_matches_torch(simd, dtype):
+def test_batch_norm_relu_matches_torch(simd_all, dtype):
     torch.manual_seed(4)
     for channels_last in (False, True):
         for with_res in (False, True):
-            # 27 channels: channels_last rows take a paired vector, a vector and a scalar tail.
-            ref, _ = _pair(2, 27, torch.float32)
-            fused = BatchNormReLU2d(27)
+            # 59 channels: channels_last rows take paired vectors, a vector and a scalar
+            # tail, at 8 lanes and at 16.
+            ref, _ = _pair(2, 59, torch.float32)
+            fused = BatchNormReLU2d(59)
             fused.load_state_dict(ref.state_dict())
-            x = _layout(torch.randn(4, 27, 7, 5).to(dtype), channels_last)
-            z = torch.randn(4, 27, 7, 5).to(dtype) if with_res else None
+            x = _layout(torch.randn(4, 59, 7, 5).to(dtype), channels_last)
+            z = torch.randn(4, 59, 7, 5).to(dtype) if with_res else None
             # torch on the float32 copy: its bf16 path rounds bn(x) before adding z, which
             # moves a few values across the relu's zero.
             xr, xf = x.float().clone().requires_grad_(), x.clone().requires_grad_()
@@ -278,7 +280,7 @@ def test_batch_norm_relu_matches_torch(simd, dtype):
 
 @pytest.mark.parametrize("channels_last", [False, True])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
-def test_nan_propagates_like_torch(simd, channels_last, dtype):
+def test_nan_propagates_like_torch(simd_all, channels_last, dtype):
     # One NaN makes its channel's statistics NaN: that channel's outputs and grads are all
     # NaN in torch, the other channels untouched. Planes of 40 reach the paired vector loops.
     torch.manual_seed(9)
