@@ -8,11 +8,6 @@
 // bf16 channels_last 4.5 -> 3.8, 2.43 -> 2.09, 2.01 -> 1.78; float32 channels_last
 // (32,64,56,56) 8.6 -> 7.7, (64,256,14,14) 3.70 -> 3.52; float32 NCHW and
 // channels_last (8,32,112,112) equal.
-// GCC 12 reports its own _mm512_undefined_* self-initialisation, inlined into the
-// 512-bit shifts, as maybe-uninitialized (GCC bug 105593, fixed in GCC 13).
-#if defined(__GNUC__) && !defined(__clang__) && __GNUC__ < 13
-#pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
-#endif
 #define FO_AVX512_WIDE_LANES
 #include "../common/cpu_avx512_begin.h"
 #define FO_CPU_NS avx512

@@ -10,6 +10,13 @@
 // have external linkage, and a copy built with AVX-512 must never be the one the AVX2
 // unit links to; simd_avx512.h is there too. Sets FO_HAVE_AVX2_UNIT (the kernels' test
 // for vector lanes) and FO_HAVE_AVX512_UNIT.
+//
+// GCC 12 reports its own _mm512_undefined_* self-initialisation, inlined into the
+// 512-bit intrinsics, as maybe-uninitialized (GCC bug 105593, fixed in GCC 13): off for
+// the rest of the unit, which includes this header first.
+#if defined(__GNUC__) && !defined(__clang__) && __GNUC__ < 13
+#pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
+#endif
 #include <ATen/Parallel.h>
 #include <c10/core/ScalarType.h>
 #include <c10/util/BFloat16.h>

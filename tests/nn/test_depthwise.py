@@ -220,6 +220,75 @@ def test_channel_blocks_some_grads(case, mask, channels_last):
         assert torch.equal(a, e) if want else a.numel() == 0
 
 
+# NCHW, stride 1, no dilation, depth multiplier 1, 3x3 or 5x5, rows of at least 24
+# outputs: the CPU row kernels (8 columns per vector, 16 in the AVX-512 unit; the last
+# vector of a row overlaps the one before). Widths give whole vectors and tails at
+# either width; padding runs from none to the kernel's reach, asymmetric included.
+ROWS_CASES = [
+    (2, 3, 9, 32, 3, 1, 1, 1, 1),  # whole vectors at 8 and at 16
+    (1, 5, 11, 37, 3, 1, 1, 1, 1),  # a tail at either width
+    (2, 2, 7, 26, 3, 1, 0, 1, 1),  # no padding: 24 outputs per row
+    (1, 3, 12, 40, 5, 1, 2, 1, 1),
+    (1, 2, 9, 30, 5, 1, (4, 0, 1, 4), 1, 1),  # asymmetric, up to the kernel's reach
+    (2, 16, 8, 56, 3, 1, (0, 2, 2, 0), 1, 1),  # channels a multiple of 8
+]
+
+
+@pytest.mark.parametrize("case", ROWS_CASES, ids=case_id)
+def test_rows(case, simd_all):
+    check_case(case, torch.float32, "cpu", False, 2e-5, 2e-5)
+    check_case(case, torch.float32, "cpu", False, 2e-5, 2e-5, bias=False)
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.bfloat16, torch.float16])
+@pytest.mark.parametrize("case", [ROWS_CASES[1], ROWS_CASES[4]], ids=case_id)
+def test_rows_dtypes(case, dtype, simd_all):
+    tol = {torch.float64: 1e-12, torch.bfloat16: 2e-2, torch.float16: 3e-3}[dtype]
+    check_case(case, dtype, "cpu", False, 2 * tol, tol, bias=dtype != torch.float64)
+
+
+@pytest.mark.parametrize("mask", [(True, False, False), (False, True, False), (False, False, True)])
+def test_rows_some_grads(mask, simd_all):
+    # grad_input and grad_weight share a pass over each plane; asked for alone, each must
+    # come out with the same bits.
+    x, w, b, s, p, d = make(ROWS_CASES[3])
+    p4 = pad4(p, w.shape[2:], (d, d))
+    g = torch.randn_like(OPS.depthwise_conv2d(x, w, b, [s, s], p4, [d, d]))
+    full = OPS.depthwise_conv2d_backward(g, x, w, [s, s], p4, [d, d], [True, True, True])
+    some = OPS.depthwise_conv2d_backward(g, x, w, [s, s], p4, [d, d], list(mask))
+    for want, a, e in zip(mask, some, full):
+        assert torch.equal(a, e) if want else a.numel() == 0
+
+
+def test_rows_gradcheck_float64():
+    x, w, b, s, p, d = make((1, 2, 4, 25, 3, 1, 1, 1, 1), torch.float64)
+    x, w, b = (t.detach().requires_grad_() for t in (x, w, b))
+    assert torch.autograd.gradcheck(lambda x, w, b: depthwise_conv2d(x, w, b, s, p, d), (x, w, b))
+
+
+def test_rows_avx512_unit_against_avx2():
+    # Each output and grad_input value is the same sum at either width, so those bits
+    # match; grad_weight's per-plane sums run in 16 lanes instead of 8 (close, not equal).
+    if fusedopt.build_info()["simd_available"] != "avx512":
+        pytest.skip("this CPU or build has no avx512 kernels")
+    for case in ROWS_CASES:
+        x, w, b, s, p, d = make(case)
+        p4 = pad4(p, w.shape[2:], (d, d))
+        outs = {}
+        for level in ("avx512", "avx2"):
+            previous = fusedopt._C._set_cpu_simd(level)
+            try:
+                y = OPS.depthwise_conv2d(x, w, b, [s, s], p4, [d, d])
+                g = torch.randn(y.shape, generator=torch.Generator().manual_seed(3))
+                outs[level] = (y, *OPS.depthwise_conv2d_backward(g, x, w, [s, s], p4, [d, d], [True, True, True]))
+            finally:
+                fusedopt._C._set_cpu_simd(previous)
+        a, e = outs["avx512"], outs["avx2"]
+        assert torch.equal(a[0], e[0]) and torch.equal(a[1], e[1]), case_id(case)
+        close(a[2], e[2], 1e-5, "grad_weight, avx512 vs avx2")
+        close(a[3], e[3], 1e-5, "grad_bias, avx512 vs avx2")
+
+
 @pytest.mark.parametrize("channels_last", [False, True], ids=["nchw", "channels_last"])
 @pytest.mark.parametrize("case", [CASES[1], CASES[9], CASES[18]], ids=case_id)
 def test_gradcheck_float64(case, channels_last, device):
