@@ -3,8 +3,8 @@
 // switchable for tests so that both variants are checked on one machine.
 namespace fusedopt {
 
-// Avx512 adds kernels of its own only for depthwise; the other families run their AVX2
-// kernels at that level.
+// Avx512 adds kernels of its own for depthwise and batch norm; the optimizers run their
+// AVX2 kernels at that level.
 enum class CpuSimd { Scalar = 0, Avx2 = 1, Avx512 = 2 };
 
 CpuSimd best_cpu_simd();             // the widest variant this build and CPU can run
