@@ -2,7 +2,7 @@
 // depthwise_cpu_avx512.cpp, depthwise_cpu_avx2.cpp and depthwise_cpu_scalar.cpp (no
 // include guard on purpose).
 //
-// NCHW, stride 1, no dilation, depth multiplier 1, 3x3 or 5x5, rows of 24 or more
+// NCHW, stride 1 or 2, no dilation, depth multiplier 1, 3x3 or 5x5, rows of 24 or more
 // outputs: one task per plane, walked along its rows kCW columns at a time (see "NCHW,
 // rows").
 // Other NCHW cases with depth multiplier 1 and channels a multiple of 8: one task
@@ -589,29 +589,35 @@ void backward_blocks(const BackwardArgs& a) {
 
 // ---------------------------------------------------------------- NCHW, rows
 //
-// Stride 1, no dilation, depth multiplier 1, a 3x3 or 5x5 kernel and rows of at least
-// kRowsMinWidth outputs (MobileNet's 112x112 and 56x56 stride-1 layers): each plane is
-// copied into a zero-padded float buffer, and each output row is walked kCW columns at
-// a time (8, or 16 in the AVX-512 unit), every tap one unaligned load and multiply-add
-// with the weights in registers. The channel blocks above spend about as much on their
-// 8x8 transposes as on the multiply-adds; here there are none, and results are stored
+// Stride 1 or 2, no dilation, depth multiplier 1, a 3x3 or 5x5 kernel with padding
+// within its reach, and rows of at least kRowsMinWidth outputs (MobileNet's 112x112 and
+// 56x56 layers): each plane is copied into a zero-padded float buffer (at stride 2 each
+// padded row split into its even and odd columns, so that a tap's inputs for an output
+// vector are again one contiguous run), and each output row is walked kCW columns at a
+// time (8, or 16 in the AVX-512 unit), every tap one unaligned load and multiply-add with
+// the weights in registers. The channel blocks above spend about as much on their 8x8
+// transposes as on the multiply-adds; here there are none, and results are stored
 // straight from registers. Each output still sums init + w[t] * x[t] over the taps in
 // order, so forward and grad_input do not depend on the vector width. Against the
 // channel blocks, forward+backward float32 interleaved with torch's, 2 threads:
 // (32,144,56,56) 19.4 -> 16.1 ms (forward alone 7.5 -> 5.4), (32,192,28,28) 5.3 -> 4.75,
-// (8,32,112,112) 4.3 -> 2.9; bf16 (32,144,56,56) 12.9 -> 11.4. Rows of 14 and 7 stay
-// with the blocks, whose vectors span channels and have no tails.
-// grad_input is the same walk over the padded grad_out with the flipped kernel, in the
-// same pass over the plane as grad_weight, whose per-tap sums of dy * x run in kCW
-// lanes: the zeros after each grad_out row mask the last vector's extra lanes. Each
-// plane's lanes are then summed in order, so grad_weight's bits depend on the width
-// (the AVX-512 unit's differ from the AVX2 unit's) but not on the thread count.
+// (8,32,112,112) 4.3 -> 2.9; bf16 (32,144,56,56) 12.9 -> 11.4; at stride 2,
+// (32,144,56,56) 13.1 -> 11.1, (32,96,112,112) 41.9 -> 33.1 (its forward alone 10.8 ->
+// 11.7: the gain is the backward's), bf16 (32,144,56,56) 10.2 -> 9.7. Rows of 14 and 7
+// stay with the blocks, whose vectors span channels and have no tails.
+// The backward fills grad_out the same way. grad_weight sums dy * x per tap in kCW lanes
+// (the zeros after each grad_out row mask the last vector's extra lanes), then each
+// plane's lanes in order: its bits depend on the width (the AVX-512 unit's differ from
+// the AVX2 unit's) but not on the thread count. grad_input is, at stride 1, the same walk
+// over grad_out with the flipped kernel; at stride 2 it is gathered by phase: the even
+// and the odd input columns of a row each take their own taps, each a contiguous run of
+// grad_out, and are interleaved on the store.
 
 constexpr int64_t kRowsMinWidth = 24;
 
 template <int KH_, int KW_>
 bool use_rows(const Geom& g, bool channels_last) {
-  return !channels_last && g.M == 1 && g.SH == 1 && g.SW == 1 && g.DH == 1 && g.DW == 1 &&
+  return !channels_last && g.M == 1 && g.SH == g.SW && (g.SH == 1 || g.SH == 2) && g.DH == 1 && g.DW == 1 &&
          g.PT < KH_ && g.PB < KH_ && g.PL < KW_ && g.PR < KW_ && g.OW >= std::max<int64_t>(kRowsMinWidth, kCW) &&
          g.W >= kCW;
 }
@@ -624,22 +630,67 @@ inline VecW<Acc> splat(Acc x) {
 // Rounds n up to whole vectors.
 inline int64_t whole_vectors(int64_t n) { return (n + kCW - 1) / kCW * kCW; }
 
-// The buffers of one plane: values at (top + h) * ld + left + w, zero elsewhere (only the
-// interior is ever written, so the zeros of the first fill stay).
-struct RowsPad {
-  int64_t top, left, rows, ld;
-  int64_t size() const { return rows * ld + kCW; }
-};
-
-template <class Acc, class T>
-void fill_rows(const T* src, int64_t H, int64_t W, const RowsPad& p, Acc* buf) {
-  for (int64_t h = 0; h < H; ++h) load_row(src + h * W, buf + (p.top + h) * p.ld + p.left, W);
+// Lane k of the result takes lane first + step * k of the pair (a, b).
+template <class Acc>
+inline typename VecOf<Acc, kCW>::index lane_pick(int first, int step) {
+  typename VecOf<Acc, kCW>::index v;
+  for (int k = 0; k < kCW; ++k) v[k] = first + step * k;
+  return v;
 }
 
-// out[oh * OW + ow] = init + sum over taps (i, j) of w[i * KW_ + j] * src[(oh + i) * ld +
-// ow + j]: the last vector of a row overlaps the one before it. ahead steps once a row.
-template <int KH_, int KW_, class Acc, class T>
-void correlate_rows(const Acc* src, int64_t ld, const Acc* w, Acc init, int64_t OH, int64_t OW, T* out,
+// The zero-padded input of one plane as the row walks read it (only the interior is
+// ever written, so the zeros of the first fill stay). S = 1: padded row r at r * ld.
+// S = 2: padded row r split by column parity, padded column x at (2 r + x % 2) * ld + x / 2.
+template <int S>
+struct InputRows {
+  int64_t rows, ld;
+  InputRows(const Geom& g, int64_t KW)
+      : rows(g.H + g.PT + g.PB),
+        ld(S == 1 ? std::max(g.W + g.PL + g.PR, whole_vectors(g.OW) + KW - 1)
+                  : whole_vectors((g.W + g.PL + g.PR + 1) / 2) + kCW) {}
+  int64_t size() const { return S * rows * ld + kCW; }
+  // The first input of tap (i, j) of output row oh (its vector at ow adds ow).
+  template <class Acc>
+  const Acc* tap(const Acc* buf, int64_t oh, int i, int j) const {
+    if constexpr (S == 1) return buf + (oh + i) * ld + j;
+    return buf + (2 * (2 * oh + i) + j % 2) * ld + j / 2;
+  }
+  template <class Acc, class T>
+  void fill(const T* src, const Geom& g, Acc* buf) const {
+    for (int64_t h = 0; h < g.H; ++h) {
+      const T* s = src + h * g.W;
+      const int64_t r = g.PT + h;
+      if constexpr (S == 1) {
+        load_row(s, buf + r * ld + g.PL, g.W);
+        continue;
+      }
+      Acc* even = buf + 2 * r * ld;
+      Acc* odd = even + ld;
+      // 2 kCW values at a time, split by a shuffle each; the last run overlaps the one
+      // before it (rewriting the same values).
+      auto split_at = [&](int64_t w) {
+        const VecW<Acc> a = loadw<Acc>(s + w), b = loadw<Acc>(s + w + kCW);
+        const VecW<Acc> first = __builtin_shuffle(a, b, lane_pick<Acc>(0, 2));
+        const VecW<Acc> second = __builtin_shuffle(a, b, lane_pick<Acc>(1, 2));
+        const int64_t x = g.PL + w;  // padded column of s[w]
+        storew<Acc>((x % 2 ? odd : even) + x / 2, first);
+        storew<Acc>((x % 2 ? even : odd) + (x + 1) / 2, second);
+      };
+      int64_t w = 0;
+      for (; w + 2 * kCW <= g.W; w += 2 * kCW) split_at(w);
+      if (w < g.W && g.W >= 2 * kCW) {
+        split_at(g.W - 2 * kCW);
+      } else {
+        for (; w < g.W; ++w) ((g.PL + w) % 2 ? odd : even)[(g.PL + w) / 2] = static_cast<Acc>(s[w]);
+      }
+    }
+  }
+};
+
+// out[oh * OW + ow] = init + sum over taps t = i * KW_ + j of w[t] * (tap t's input): the
+// last vector of a row overlaps the one before it. ahead steps once a row.
+template <int KH_, int KW_, int S, class Acc, class T>
+void correlate_rows(const InputRows<S>& xr, const Acc* buf, const Acc* w, Acc init, int64_t OH, int64_t OW, T* out,
                     RowPrefetch& ahead) {
   constexpr int K_ = KH_ * KW_;
   VecW<Acc> wv[K_];
@@ -647,14 +698,13 @@ void correlate_rows(const Acc* src, int64_t ld, const Acc* w, Acc init, int64_t 
   const VecW<Acc> v0 = splat(init);
   for (int64_t oh = 0; oh < OH; ++oh) {
     ahead.step();
-    const Acc* s = src + oh * ld;
+    const Acc* src[K_];
+    for (int t = 0; t < K_; ++t) src[t] = xr.tap(buf, oh, t / KW_, t % KW_);
     T* o = out + oh * OW;
     auto vector_at = [&](int64_t ow) {
       VecW<Acc> acc = v0;
-#pragma GCC unroll 5
-      for (int i = 0; i < KH_; ++i)
-#pragma GCC unroll 5
-        for (int j = 0; j < KW_; ++j) acc += wv[i * KW_ + j] * loadw<Acc>(s + i * ld + ow + j);
+#pragma GCC unroll 25
+      for (int t = 0; t < K_; ++t) acc += wv[t] * loadw<Acc>(src[t] + ow);
       storew<Acc>(o + ow, acc);
     };
     int64_t ow = 0;
@@ -663,11 +713,11 @@ void correlate_rows(const Acc* src, int64_t ld, const Acc* w, Acc init, int64_t 
   }
 }
 
-// part[t] = sum of dy(oh, ow) * x[(oh + i) * ldx + ow + j] for tap t = i * KW_ + j, and
-// part[K] = sum of dy: dy(oh, ow) = dy[oh * ldd + ow], zero from column OW on.
-template <int KH_, int KW_, class Acc>
-void weight_grad_rows(const Acc* dy, int64_t ldd, const Acc* x, int64_t ldx, int64_t OH, int64_t OW, Acc* part,
-                      RowPrefetch& ahead) {
+// part[t] = sum of dy(oh, ow) * (tap t's input) over the outputs, and part[K] = sum of
+// dy: dy(oh, ow) = dy[oh * ldd + ow], zero from column OW on.
+template <int KH_, int KW_, int S, class Acc>
+void weight_grad_rows(const Acc* dy, int64_t ldd, const InputRows<S>& xr, const Acc* buf, int64_t OH, int64_t OW,
+                      Acc* part, RowPrefetch& ahead) {
   constexpr int K_ = KH_ * KW_;
   VecW<Acc> acc[K_ + 1];
   for (int t = 0; t <= K_; ++t) acc[t] = VecW<Acc>{};
@@ -675,13 +725,12 @@ void weight_grad_rows(const Acc* dy, int64_t ldd, const Acc* x, int64_t ldx, int
   for (int64_t oh = 0; oh < OH; ++oh) {
     ahead.step();
     const Acc* d = dy + oh * ldd;
-    const Acc* s = x + oh * ldx;
+    const Acc* src[K_];
+    for (int t = 0; t < K_; ++t) src[t] = xr.tap(buf, oh, t / KW_, t % KW_);
     for (int64_t ow = 0; ow < cols; ow += kCW) {
       const VecW<Acc> dv = loadw<Acc>(d + ow);
-#pragma GCC unroll 5
-      for (int i = 0; i < KH_; ++i)
-#pragma GCC unroll 5
-        for (int j = 0; j < KW_; ++j) acc[i * KW_ + j] += dv * loadw<Acc>(s + i * ldx + ow + j);
+#pragma GCC unroll 25
+      for (int t = 0; t < K_; ++t) acc[t] += dv * loadw<Acc>(src[t] + ow);
       acc[K_] += dv;
     }
   }
@@ -692,7 +741,63 @@ void weight_grad_rows(const Acc* dy, int64_t ldd, const Acc* x, int64_t ldx, int
   }
 }
 
+// Stride 2: grad_input row ih from grad_out (oh, ow) at dy[oh * ldd + ow] (rows from
+// -(KH_ - 1) / 2 and columns from -(KW_ - 1) / 2 readable, zero outside the output).
+// Input column iw = 2m + e (e = 0, 1) sits at padded column x = PL + iw and takes the
+// taps (i, j) with r - i and x - j even (r = PT + ih), each reading grad_out
+// ((r - i) / 2, (x - j) / 2): for fixed e, a run over m.
 template <int KH_, int KW_, class Acc, class T>
+void input_grad_row_s2(const Acc* dy, int64_t ldd, const Acc* w, const Geom& g, int64_t ih, T* gi) {
+  constexpr int K_ = KH_ * KW_;
+  const Acc* src[2][K_];
+  VecW<Acc> wv[2][K_];
+  int taps[2] = {0, 0};
+  const int64_t r = g.PT + ih;
+  for (int i = 0; i < KH_; ++i) {
+    if ((r - i) % 2 != 0) continue;
+    for (int j = 0; j < KW_; ++j)
+      for (int e = 0; e < 2; ++e) {
+        if ((g.PL + e - j) % 2 != 0) continue;
+        src[e][taps[e]] = dy + (r - i) / 2 * ldd + (g.PL + e - j) / 2;
+        wv[e][taps[e]++] = splat(w[i * KW_ + j]);
+      }
+  }
+  // Lane k of a stored vector: even k from the even columns' sums, odd k from the odd.
+  typename VecOf<Acc, kCW>::index lo_idx, hi_idx;
+  for (int k = 0; k < kCW; ++k) {
+    lo_idx[k] = k / 2 + (k % 2) * kCW;
+    hi_idx[k] = kCW / 2 + k / 2 + (k % 2) * kCW;
+  }
+  auto run_at = [&](int64_t m, T* dst, int64_t n) {  // grad_input [2m, 2m + n), n <= 2 kCW
+    VecW<Acc> sum[2] = {VecW<Acc>{}, VecW<Acc>{}};
+    for (int e = 0; e < 2; ++e)
+      for (int t = 0; t < taps[e]; ++t) sum[e] += wv[e][t] * loadw<Acc>(src[e][t] + m);
+    const VecW<Acc> first = __builtin_shuffle(sum[0], sum[1], lo_idx);
+    const VecW<Acc> second = __builtin_shuffle(sum[0], sum[1], hi_idx);
+    if (n == 2 * kCW) {
+      storew<Acc>(dst, first);
+      storew<Acc>(dst + kCW, second);
+    } else {  // through a buffer
+      T part[2 * kCW];
+      storew<Acc>(part, first);
+      storew<Acc>(part + kCW, second);
+      std::copy(part, part + n, dst);
+    }
+  };
+  int64_t m = 0;
+  for (; 2 * m + 2 * kCW <= g.W; m += kCW) run_at(m, gi + 2 * m, 2 * kCW);
+  if (2 * m < g.W) {
+    // An even width ends with a run that overlaps the one before it; an odd one (no run
+    // ends there) with a partial run.
+    if (g.W % 2 == 0 && g.W >= 2 * kCW) {
+      run_at(g.W / 2 - kCW, gi + g.W - 2 * kCW, 2 * kCW);
+    } else {
+      run_at(m, gi + 2 * m, g.W - 2 * m);
+    }
+  }
+}
+
+template <int KH_, int KW_, int S, class Acc, class T>
 void forward_rows(const ForwardArgs& a) {
   constexpr int K_ = KH_ * KW_;
   const Geom& g = a.g;
@@ -702,25 +807,25 @@ void forward_rows(const ForwardArgs& a) {
   auto* out = static_cast<T*>(a.output);
   std::vector<Acc> w(g.C * K_);
   load_row(wt, w.data(), g.C * K_);
-  const RowsPad xp{g.PT, g.PL, g.H + g.PT + g.PB, std::max(g.W + g.PL + g.PR, whole_vectors(g.OW) + KW_ - 1)};
+  const InputRows<S> xr(g, KW_);
   const int64_t in_bytes = g.H * g.W * static_cast<int64_t>(sizeof(T));
   const int64_t out_bytes = g.OH * g.OW * static_cast<int64_t>(sizeof(T));
   parallel_tasks(g.N * g.C, [&](int64_t begin, int64_t end) {
-    std::vector<Acc> xb(xp.size(), Acc(0));
+    std::vector<Acc> xb(xr.size(), Acc(0));
     RowPrefetch ahead;  // the next plane's input and output
     for (int64_t p = begin; p < end; ++p) {
       const int64_t c = p % g.C;
       const bool more = p + 1 < end;
       ahead.reset(in + (p + 1) * g.H * g.W, more ? in_bytes : 0, out + (p + 1) * g.OH * g.OW, more ? out_bytes : 0,
                   g.OH);
-      fill_rows(in + p * g.H * g.W, g.H, g.W, xp, xb.data());
+      xr.fill(in + p * g.H * g.W, g, xb.data());
       const Acc b = bias ? static_cast<Acc>(bias[c]) : Acc(0);
-      correlate_rows<KH_, KW_>(xb.data(), xp.ld, w.data() + c * K_, b, g.OH, g.OW, out + p * g.OH * g.OW, ahead);
+      correlate_rows<KH_, KW_>(xr, xb.data(), w.data() + c * K_, b, g.OH, g.OW, out + p * g.OH * g.OW, ahead);
     }
   });
 }
 
-template <int KH_, int KW_, class Acc, class T>
+template <int KH_, int KW_, int S, class Acc, class T>
 void backward_rows(const BackwardArgs& a) {
   constexpr int K_ = KH_ * KW_;
   const Geom& g = a.g;
@@ -731,18 +836,25 @@ void backward_rows(const BackwardArgs& a) {
   auto* gw = static_cast<T*>(a.grad_weight);
   auto* gb = static_cast<T*>(a.grad_bias);
   const bool need_part = gw || gb;
-  std::vector<Acc> wflip(g.C * K_), part(need_part ? g.N * g.C * (K_ + 1) : 0);
+  // Stride 1: grad_input is the flipped kernel's walk over grad_out placed at row GT,
+  // column GL of a buffer laid out as a stride-1 input. Stride 2: grad_out at row
+  // (KH_ - 1) / 2, column (KW_ - 1) / 2, with room for input_grad_row_s2's reach.
+  std::vector<Acc> wk(g.C * K_), part(need_part ? g.N * g.C * (K_ + 1) : 0);
   for (int64_t c = 0; c < g.C; ++c)
-    for (int t = 0; t < K_; ++t) wflip[c * K_ + t] = static_cast<Acc>(wt[c * K_ + K_ - 1 - t]);
-  // grad_out (oh, ow) at row oh + GT, column ow + GL: grad_input (ih, iw) then reads
-  // rows ih + i and columns iw + j for the flipped tap (i, j).
-  const int64_t GT = KH_ - 1 - g.PT, GL = KW_ - 1 - g.PL;
-  const RowsPad dp{GT, GL, g.H + KH_ - 1, std::max(g.W + KW_ - 1, GL + whole_vectors(g.OW))};
-  const RowsPad xp{g.PT, g.PL, g.H + g.PT + g.PB, std::max(g.W + g.PL + g.PR, whole_vectors(g.OW) + KW_ - 1)};
+    for (int t = 0; t < K_; ++t) wk[c * K_ + t] = static_cast<Acc>(wt[c * K_ + (S == 1 ? K_ - 1 - t : t)]);
+  Geom dg = g;  // grad_out's buffer, seen as a stride-1 input of grad_input's walk
+  dg.H = g.OH, dg.W = g.OW, dg.PT = KH_ - 1 - g.PT, dg.PL = KW_ - 1 - g.PL, dg.PB = dg.PR = KW_, dg.OW = g.W;
+  if constexpr (S == 2) {
+    dg.PT = (KH_ - 1) / 2, dg.PL = (KW_ - 1) / 2;
+    dg.PB = (g.H + g.PT) / 2 + 1 - g.OH + 1, dg.PR = whole_vectors((g.W + 1) / 2) + KW_;
+  }
+  dg.PB = std::max<int64_t>(dg.PB, KH_), dg.OW = std::max(dg.OW, g.OW);
+  const InputRows<1> dr(dg, KW_);
+  const InputRows<S> xr(g, KW_);
   const int64_t in_bytes = g.H * g.W * static_cast<int64_t>(sizeof(T));
   const int64_t go_bytes = g.OH * g.OW * static_cast<int64_t>(sizeof(T));
   parallel_tasks(g.N * g.C, [&](int64_t begin, int64_t end) {
-    std::vector<Acc> db(dp.size(), Acc(0)), xb(need_part ? xp.size() : 0, Acc(0));
+    std::vector<Acc> db(dr.size(), Acc(0)), xb(need_part ? xr.size() : 0, Acc(0));
     RowPrefetch ahead;  // the next plane's grad_out and input, and the grad_input it writes
     for (int64_t p = begin; p < end; ++p) {
       const int64_t c = p % g.C;
@@ -750,14 +862,22 @@ void backward_rows(const BackwardArgs& a) {
       ahead.reset(go + (p + 1) * g.OH * g.OW, more ? go_bytes : 0, gi ? gi + (p + 1) * g.H * g.W : nullptr,
                   more && gi ? in_bytes : 0, (need_part ? g.OH : 0) + (gi ? g.H : 0), in + (p + 1) * g.H * g.W,
                   more && need_part ? in_bytes : 0);
-      fill_rows(go + p * g.OH * g.OW, g.OH, g.OW, dp, db.data());
+      dr.fill(go + p * g.OH * g.OW, dg, db.data());
+      const Acc* dy0 = db.data() + dg.PT * dr.ld + dg.PL;  // grad_out (0, 0)
       if (need_part) {
-        fill_rows(in + p * g.H * g.W, g.H, g.W, xp, xb.data());
-        weight_grad_rows<KH_, KW_>(db.data() + GT * dp.ld + GL, dp.ld, xb.data(), xp.ld, g.OH, g.OW,
-                                   part.data() + p * (K_ + 1), ahead);
+        xr.fill(in + p * g.H * g.W, g, xb.data());
+        weight_grad_rows<KH_, KW_>(dy0, dr.ld, xr, xb.data(), g.OH, g.OW, part.data() + p * (K_ + 1), ahead);
       }
-      if (gi) correlate_rows<KH_, KW_>(db.data(), dp.ld, wflip.data() + c * K_, Acc(0), g.H, g.W, gi + p * g.H * g.W,
-                                       ahead);
+      if (!gi) continue;
+      T* gip = gi + p * g.H * g.W;
+      if constexpr (S == 1) {
+        correlate_rows<KH_, KW_>(dr, db.data(), wk.data() + c * K_, Acc(0), g.H, g.W, gip, ahead);
+      } else {
+        for (int64_t ih = 0; ih < g.H; ++ih) {
+          ahead.step();
+          input_grad_row_s2<KH_, KW_>(dy0, dr.ld, wk.data() + c * K_, g, ih, gip + ih * g.W);
+        }
+      }
     }
   });
   if (need_part) sum_channel_partials(g, part.data(), gw, gb);
@@ -1646,7 +1766,8 @@ void forward(const ForwardArgs& a) {
     with_kernel_size(a.g, [&](auto kh, auto kw) {
       constexpr int KH_ = decltype(kh)::value, KW_ = decltype(kw)::value;
       if constexpr (KH_ > 0)
-        if (use_rows<KH_, KW_>(a.g, a.channels_last)) return forward_rows<KH_, KW_, Acc, T>(a);
+        if (use_rows<KH_, KW_>(a.g, a.channels_last))
+          return a.g.SH == 1 ? forward_rows<KH_, KW_, 1, Acc, T>(a) : forward_rows<KH_, KW_, 2, Acc, T>(a);
       if (use_blocks(a)) return forward_blocked<KH_, KW_, Acc, T>(a);
       if (a.channels_last) return forward_cl<KH_, KW_, Acc, T>(a);
       forward_nchw<KH_, KW_, Acc, T>(a);
@@ -1661,7 +1782,8 @@ void backward(const BackwardArgs& a) {
     with_kernel_size(a.g, [&](auto kh, auto kw) {
       constexpr int KH_ = decltype(kh)::value, KW_ = decltype(kw)::value;
       if constexpr (KH_ > 0)
-        if (use_rows<KH_, KW_>(a.g, a.channels_last)) return backward_rows<KH_, KW_, Acc, T>(a);
+        if (use_rows<KH_, KW_>(a.g, a.channels_last))
+          return a.g.SH == 1 ? backward_rows<KH_, KW_, 1, Acc, T>(a) : backward_rows<KH_, KW_, 2, Acc, T>(a);
       if (use_blocks(a)) return backward_blocks<KH_, KW_, Acc, T>(a);
       if (a.channels_last) return backward_cl<KH_, KW_, Acc, T>(a);
       backward_nchw<KH_, KW_, Acc, T>(a);

@@ -220,10 +220,11 @@ def test_channel_blocks_some_grads(case, mask, channels_last):
         assert torch.equal(a, e) if want else a.numel() == 0
 
 
-# NCHW, stride 1, no dilation, depth multiplier 1, 3x3 or 5x5, rows of at least 24
+# NCHW, stride 1 or 2, no dilation, depth multiplier 1, 3x3 or 5x5, rows of at least 24
 # outputs: the CPU row kernels (8 columns per vector, 16 in the AVX-512 unit; the last
-# vector of a row overlaps the one before). Widths give whole vectors and tails at
-# either width; padding runs from none to the kernel's reach, asymmetric included.
+# vector of a row overlaps the one before; at stride 2 rows split by column parity and
+# grad_input gathered by phase). Widths give whole vectors and tails at either width,
+# odd and even; padding runs from none to the kernel's reach, asymmetric included.
 ROWS_CASES = [
     (2, 3, 9, 32, 3, 1, 1, 1, 1),  # whole vectors at 8 and at 16
     (1, 5, 11, 37, 3, 1, 1, 1, 1),  # a tail at either width
@@ -231,6 +232,12 @@ ROWS_CASES = [
     (1, 3, 12, 40, 5, 1, 2, 1, 1),
     (1, 2, 9, 30, 5, 1, (4, 0, 1, 4), 1, 1),  # asymmetric, up to the kernel's reach
     (2, 16, 8, 56, 3, 1, (0, 2, 2, 0), 1, 1),  # channels a multiple of 8
+    (2, 3, 9, 56, 3, 2, 1, 1, 1),
+    (1, 4, 10, 51, 3, 2, 1, 1, 1),  # odd width
+    (1, 2, 11, 50, 3, 2, (0, 1, 0, 1), 1, 1),  # Keras 'same' at stride 2
+    (2, 2, 7, 49, 3, 2, 0, 1, 1),  # no padding
+    (1, 2, 9, 60, 5, 2, 2, 1, 1),
+    (1, 3, 8, 53, 5, 2, (1, 4, 3, 2), 1, 1),  # odd left padding
 ]
 
 
@@ -241,17 +248,18 @@ def test_rows(case, simd_all):
 
 
 @pytest.mark.parametrize("dtype", [torch.float64, torch.bfloat16, torch.float16])
-@pytest.mark.parametrize("case", [ROWS_CASES[1], ROWS_CASES[4]], ids=case_id)
+@pytest.mark.parametrize("case", [ROWS_CASES[1], ROWS_CASES[4], ROWS_CASES[7], ROWS_CASES[11]], ids=case_id)
 def test_rows_dtypes(case, dtype, simd_all):
     tol = {torch.float64: 1e-12, torch.bfloat16: 2e-2, torch.float16: 3e-3}[dtype]
     check_case(case, dtype, "cpu", False, 2 * tol, tol, bias=dtype != torch.float64)
 
 
+@pytest.mark.parametrize("case", [ROWS_CASES[3], ROWS_CASES[7]], ids=case_id)
 @pytest.mark.parametrize("mask", [(True, False, False), (False, True, False), (False, False, True)])
-def test_rows_some_grads(mask, simd_all):
+def test_rows_some_grads(case, mask, simd_all):
     # grad_input and grad_weight share a pass over each plane; asked for alone, each must
     # come out with the same bits.
-    x, w, b, s, p, d = make(ROWS_CASES[3])
+    x, w, b, s, p, d = make(case)
     p4 = pad4(p, w.shape[2:], (d, d))
     g = torch.randn_like(OPS.depthwise_conv2d(x, w, b, [s, s], p4, [d, d]))
     full = OPS.depthwise_conv2d_backward(g, x, w, [s, s], p4, [d, d], [True, True, True])
@@ -260,8 +268,9 @@ def test_rows_some_grads(mask, simd_all):
         assert torch.equal(a, e) if want else a.numel() == 0
 
 
-def test_rows_gradcheck_float64():
-    x, w, b, s, p, d = make((1, 2, 4, 25, 3, 1, 1, 1, 1), torch.float64)
+@pytest.mark.parametrize("case", [(1, 2, 4, 25, 3, 1, 1, 1, 1), (1, 1, 3, 49, 3, 2, 1, 1, 1)], ids=case_id)
+def test_rows_gradcheck_float64(case):
+    x, w, b, s, p, d = make(case, torch.float64)
     x, w, b = (t.detach().requires_grad_() for t in (x, w, b))
     assert torch.autograd.gradcheck(lambda x, w, b: depthwise_conv2d(x, w, b, s, p, d), (x, w, b))
 
