@@ -2,9 +2,9 @@
 // depthwise_cpu_avx512.cpp, depthwise_cpu_avx2.cpp and depthwise_cpu_scalar.cpp (no
 // include guard on purpose).
 //
-// NCHW, stride 1 or 2, no dilation, depth multiplier 1, 3x3 or 5x5, rows of 24 or more
-// outputs: one task per plane, walked along its rows kCW columns at a time (see "NCHW,
-// rows").
+// NCHW, stride 1 or 2, no dilation, depth multiplier 1, 3x3 (5x5 in the AVX-512 unit),
+// rows of 24 or more outputs: one task per plane, walked along its rows kCW columns at a
+// time (see "NCHW, rows").
 // Other NCHW cases with depth multiplier 1 and channels a multiple of 8: one task
 // per block of 8 planes, interleaved into a zero-padded [row][col][plane] buffer so that
 // each tap is one vector multiply-add (see "NCHW, channel blocks").
@@ -589,8 +589,8 @@ void backward_blocks(const BackwardArgs& a) {
 
 // ---------------------------------------------------------------- NCHW, rows
 //
-// Stride 1 or 2, no dilation, depth multiplier 1, a 3x3 or 5x5 kernel with padding
-// within its reach, and rows of at least kRowsMinWidth outputs (MobileNet's 112x112 and
+// Stride 1 or 2, no dilation, depth multiplier 1, a 3x3 kernel (or 5x5 in the AVX-512
+// unit, see use_rows) with padding within its reach, and rows of at least kRowsMinWidth outputs (MobileNet's 112x112 and
 // 56x56 layers): each plane is copied into a zero-padded float buffer (at stride 2 each
 // padded row split into its even and odd columns, so that a tap's inputs for an output
 // vector are again one contiguous run), and each output row is walked kCW columns at a
@@ -619,9 +619,14 @@ void backward_blocks(const BackwardArgs& a) {
 
 constexpr int64_t kRowsMinWidth = 24;
 
+// 5x5 only with 16 lanes: its 25 weights need the AVX-512 unit's 32 registers. In the
+// 8-lane units the blocks measured as fast at stride 1 and faster at stride 2 ((32,144,
+// 56,56) forward+backward 16.8 vs 18.0 ms); with 16 lanes the rows win (s1 28.7 -> 24.8,
+// s2 16.0 -> 14.7 ms).
 template <int KH_, int KW_>
 bool use_rows(const Geom& g, bool channels_last) {
-  return !channels_last && g.M == 1 && g.SH == g.SW && (g.SH == 1 || g.SH == 2) && g.DH == 1 && g.DW == 1 &&
+  return (KH_ == 3 || kCW >= 16) && !channels_last && g.M == 1 && g.SH == g.SW && (g.SH == 1 || g.SH == 2) &&
+         g.DH == 1 && g.DW == 1 &&
          g.PT < KH_ && g.PB < KH_ && g.PL < KW_ && g.PR < KW_ && g.OW >= std::max<int64_t>(kRowsMinWidth, kCW) &&
          g.W >= kCW;
 }

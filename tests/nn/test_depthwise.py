@@ -276,8 +276,9 @@ def test_rows_gradcheck_float64(case):
 
 
 def test_rows_avx512_unit_against_avx2():
-    # Each output and grad_input value is the same sum at either width, so those bits
+    # 3x3: each output and grad_input value is the same sum at either width, so those bits
     # match; grad_weight's per-plane sums run in 16 lanes instead of 8 (close, not equal).
+    # 5x5 takes the rows only at 16 lanes (the AVX2 unit runs the channel blocks): close.
     if fusedopt.build_info()["simd_available"] != "avx512":
         pytest.skip("this CPU or build has no avx512 kernels")
     for case in ROWS_CASES:
@@ -293,7 +294,11 @@ def test_rows_avx512_unit_against_avx2():
             finally:
                 fusedopt._C._set_cpu_simd(previous)
         a, e = outs["avx512"], outs["avx2"]
-        assert torch.equal(a[0], e[0]) and torch.equal(a[1], e[1]), case_id(case)
+        if w.shape[2] == 3:
+            assert torch.equal(a[0], e[0]) and torch.equal(a[1], e[1]), case_id(case)
+        else:
+            close(a[0], e[0], 1e-5, "output, avx512 vs avx2")
+            close(a[1], e[1], 1e-5, "grad_input, avx512 vs avx2")
         close(a[2], e[2], 1e-5, "grad_weight, avx512 vs avx2")
         close(a[3], e[3], 1e-5, "grad_bias, avx512 vs avx2")
 
