@@ -863,12 +863,13 @@ void backward_rows(const BackwardArgs& a) {
   for (int64_t c = 0; c < g.C; ++c)
     for (int t = 0; t < K_; ++t) wk[c * K_ + t] = static_cast<Acc>(wt[c * K_ + (S == 1 ? K_ - 1 - t : t)]);
   Geom dg = g;  // grad_out's buffer, seen as a stride-1 input of grad_input's walk
-  dg.H = g.OH, dg.W = g.OW, dg.PT = KH_ - 1 - g.PT, dg.PL = KW_ - 1 - g.PL, dg.PB = dg.PR = KW_, dg.OW = g.W;
-  if constexpr (S == 2) {
+  dg.H = g.OH, dg.W = g.OW, dg.OW = std::max(g.W, g.OW);
+  if constexpr (S == 1) {
+    dg.PT = KH_ - 1 - g.PT, dg.PL = KW_ - 1 - g.PL, dg.PB = std::max(KH_, KW_), dg.PR = KW_;
+  } else {
     dg.PT = (KH_ - 1) / 2, dg.PL = (KW_ - 1) / 2;
-    dg.PB = (g.H + g.PT) / 2 + 1 - g.OH + 1, dg.PR = whole_vectors((g.W + 1) / 2) + KW_;
+    dg.PB = std::max<int64_t>((g.H + g.PT) / 2 + 2 - g.OH, KH_), dg.PR = whole_vectors((g.W + 1) / 2) + KW_;
   }
-  dg.PB = std::max<int64_t>(dg.PB, KH_), dg.OW = std::max(dg.OW, g.OW);
   const InputRows<1> dr(dg, KW_);
   const InputRows<S> xr(g, KW_);
   const int64_t in_bytes = g.H * g.W * static_cast<int64_t>(sizeof(T));
