@@ -11,6 +11,7 @@ Environment:
                             a toolkit is found.
     TORCH_CUDA_ARCH_LIST    GPU architectures; defaults to "8.0;9.0" when no GPU is visible.
     MAX_JOBS                parallel compile jobs (ninja).
+    FUSEDOPT_NVCC_FLAGS     extra nvcc flags, e.g. "-Xptxas=-v" for the register report.
 """
 import glob
 import importlib.util
@@ -106,7 +107,7 @@ def ext_modules():
     # -Wno-subobject-linkage: kernels are instantiated with the formulas' internal-linkage
     # types on purpose (see csrc/common/macros.h).
     cxx = ["-O3", "-std=c++20", "-fopenmp", "-Wno-psabi", "-Wno-subobject-linkage"]
-    nvcc = ["-O3", "-std=c++20", "-lineinfo"]
+    nvcc = ["-O3", "-std=c++20", "-lineinfo"] + os.environ.get("FUSEDOPT_NVCC_FLAGS", "").split()
     include_dirs = [os.path.join(ROOT, "csrc"), generated]
     if with_cuda:
         # cuBLAS/cuSPARSE headers ship in the nvidia wheels, not always in the toolkit.

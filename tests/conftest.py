@@ -53,3 +53,19 @@ def simd(request):
 def simd_all(request):
     """Runs the test once per CPU kernel variant, AVX-512 included (depthwise, batch norm)."""
     yield from _run_with_simd(request.param)
+
+
+def pytest_collection_modifyitems(config, items):
+    """CUDA runs of a test that also takes a CPU kernel variant run once: the variant
+    does not reach the GPU kernels, so its other values would repeat the same run."""
+    best = fusedopt.build_info()["simd_available"]
+    first = {"simd": "avx2" if best != "scalar" else "scalar", "simd_all": best}
+    keep, drop = [], []
+    for item in items:
+        params = getattr(getattr(item, "callspec", None), "params", {})
+        repeat = params.get("device") == "cuda" and any(
+            name in params and params[name] != value for name, value in first.items())
+        (drop if repeat else keep).append(item)
+    if drop:
+        config.hook.pytest_deselected(items=drop)
+        items[:] = keep

@@ -5,10 +5,14 @@ input checks and repr are torch's; only the computation is ours. Inputs whose pl
 (NCHW-style) or channel rows (channels_last, channels_last_3d) are not contiguous are
 copied to a contiguous tensor by the op first.
 """
+import inspect
+
 import torch
 from torch import nn
 
 from . import _batchnorm_ops  # noqa: F401  (fakes and autograd of the ops)
+
+_BN_TAKES_BIAS = "bias" in inspect.signature(nn.BatchNorm2d.__init__).parameters
 
 ops = torch.ops.fusedopt
 
@@ -106,7 +110,7 @@ class _FusedBatchNormMixin:
         if not isinstance(module, nn.modules.batchnorm._BatchNorm):
             raise TypeError(f"{cls.__name__}.from_torch expects a torch batch norm module, got {type(module).__name__}")
         kwargs = {}
-        if module.affine:
+        if module.affine and _BN_TAKES_BIAS:  # torch >= 2.12: affine without a bias
             kwargs["bias"] = module.bias is not None
         new = cls._from_config(module, kwargs)
         new.weight, new.bias = module.weight, module.bias

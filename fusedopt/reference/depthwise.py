@@ -37,7 +37,7 @@ def depthwise_conv2d_grads(grad_out, input, weight, bias=None, stride=(1, 1), pa
     w = weight.detach().to(torch.float64).requires_grad_()
     b = None if bias is None else bias.detach().to(torch.float64).requires_grad_()
     out = depthwise_conv2d(x, w, b, stride, padding, dilation)
-    grads = torch.autograd.grad(out, [t for t in (x, w, b) if t is not None], grad_out.to(torch.float64))
+    grads = torch.autograd.grad(out, [t for t in (x, w, b) if t is not None], grad_out.to(device=x.device, dtype=torch.float64))
     return grads[0], grads[1], (grads[2] if b is not None else None)
 
 

@@ -496,17 +496,20 @@ def test_compile_conv_bn_relu_matches_eager():
     assert int(compiled_net.bn2.num_batches_tracked) == 1
 
 
+# The second shape gives the CUDA kernels planes longer than a block (256 threads),
+# several row slices per channel tile, and a partial 32-channel tile.
+@pytest.mark.parametrize("shape", [(6, 5, 7, 9), (4, 37, 19, 23)], ids=str)
 @pytest.mark.parametrize("channels_last", [False, True])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.bfloat16])
-def test_device_parity_with_torch(device, channels_last, dtype):
+def test_device_parity_with_torch(device, channels_last, dtype, shape):
     """The module on `device` (the CUDA kernels where a GPU is present) against torch on
     the same device: train step (outputs, grads, running stats) then eval."""
     torch.manual_seed(12)
-    shape = (6, 5, 7, 9)
-    ref, fused = _pair(2, 5, dtype)
+    c = shape[1]
+    ref, fused = _pair(2, c, dtype)
     ref, fused = ref.to(device), fused.to(device)
     relu_ref = nn.ReLU()
-    fused_relu = BatchNormReLU2d(5).to(device=device, dtype=fused.weight.dtype)
+    fused_relu = BatchNormReLU2d(c).to(device=device, dtype=fused.weight.dtype)
     fused_relu.load_state_dict(ref.state_dict())
     x = _layout((torch.randn(shape, dtype=torch.float64) * 2 + 1).to(dtype), channels_last).to(device)
     z = torch.randn(shape, dtype=torch.float64).to(dtype).to(device)

@@ -107,6 +107,21 @@ def test_matches_float64_reference(kind, device, simd):
     assert_params_close(params, ref, torch.float64)
 
 
+# Sizes around the CUDA launch planner's limits (multi_tensor_apply.cuh): tensors of one
+# 65536-element chunk and just over, more tensors than one launch's table holds (28),
+# and on CUDA one tensor of more chunks than one launch's 320 blocks.
+BOUNDARY_SHAPES = [(65536,), (65537,), (3, 70001), (2 * 65536 + 5,)] + [(i * 37 + 1,) for i in range(40)]
+
+
+@pytest.mark.parametrize("kind", list(RICH))
+def test_matches_torch_across_launch_boundaries(kind, device):
+    shapes = BOUNDARY_SHAPES + ([(321 * 65536 + 17,)] if device == "cuda" else [])
+    params = make_params(shapes, torch.float32, device, seed=27)
+    fo, twin, to = _pair(kind, params, **RICH[kind])
+    _run(fo, params, to, twin, steps=3)
+    assert_params_close(params, twin, torch.float32, atol=1e-5)
+
+
 @pytest.mark.parametrize("kind", list(RICH))
 def test_state_dict_round_trip(kind, device):
     """torch -> fusedopt -> torch in mid-training, checked against an uninterrupted torch run."""
