@@ -1,17 +1,20 @@
 // CUDA backend of the batch norm ops.
 //
-// NOTE: these kernels have been compiled (CI, TORCH_CUDA_ARCH_LIST 8.0;9.0) but have
-// never run on a GPU: the development machines have none. The CUDA tests use the
-// `device` fixture and are skipped there.
-//
 // Same checks and layouts as the CPU backend (batchnorm_ops.h), same formulas
-// (batchnorm_math.h). Reductions are deterministic (no float atomics):
-//   planes (NCHW): one block per channel, per-thread Welford, block merge (Chan);
-//   rows (channels_last): blocks of 32 channels x 8 row lanes over a grid of row
-//     slices write per-slice partials; a second kernel merges them in slice order.
-// Element passes are grid-stride loops with 64-bit indices and per-channel
-// coefficients precomputed by a small kernel.
+// (batchnorm_math.h). Reductions are deterministic (no float atomics): blocks write
+// per-slice partials, a second kernel merges them per channel in slice order.
+//   planes (NCHW): a grid of channels x slices of the channel's N * inner elements;
+//     per-thread Welford (sums in the backward), block merge (Chan) in double;
+//   rows (channels_last): blocks of 32 channels x 8 row lanes over slices of rows.
+// The slice counts aim at about four blocks per multiprocessor, since a grid of one
+// block per channel left most of an H200 idle (batchnorm forward at 0.4x torch).
+// Element passes are grid-stride loops, 32-bit indices where the tensor allows (the
+// channel of an element costs a division), four elements per thread in flight.
+//
+// Tested on an H200 (benchmarks/results/NVIDIA_H200) before the slices and the
+// element-pass unrolling; those are compile-checked only until the next GPU run.
 #include <ATen/core/Tensor.h>
+#include <ATen/cuda/CUDAContext.h>
 #include <ATen/ops/empty.h>
 #include <ATen/ops/zeros.h>
 #include <c10/cuda/CUDAException.h>
@@ -81,19 +84,32 @@ __device__ void block_sum2(double& a, double& b) {
 
 // ---------------------------------------------------------------- statistics
 
+// Calls f(j) for the elements j of channel c in slice blockIdx.y of gridDim.y: the
+// channel's N planes of `inner` elements, cut into equal runs in plane order.
+template <class F>
+__device__ __forceinline__ void for_plane_slice(const Geom& g, int64_t c, F&& f) {
+  const int64_t total = g.N * g.inner;
+  const int64_t k0 = total * blockIdx.y / gridDim.y, k1 = total * (blockIdx.y + 1) / gridDim.y;
+  for (int64_t n = k0 / g.inner; n < g.N && n * g.inner < k1; ++n) {
+    const int64_t lo = max(k0 - n * g.inner, int64_t(0)), hi = min(k1 - n * g.inner, g.inner);
+    const int64_t off = (n * g.C + c) * g.inner;
+    for (int64_t i = lo + threadIdx.x; i < hi; i += blockDim.x) f(off + i);
+  }
+}
+
+// Partials (n, mean, m2) of channel blockIdx.x over slice blockIdx.y.
 template <class T, class S>
-__global__ void stats_planes_kernel(const T* __restrict__ x, Geom g, S* mean, S* var) {
+__global__ void stats_planes_partial_kernel(const T* __restrict__ x, Geom g, double* part) {
   const int64_t c = blockIdx.x;
   ThreadWelford<S> w;
-  for (int64_t n = 0; n < g.N; ++n) {
-    const T* p = x + (n * g.C + c) * g.inner;
-    for (int64_t i = threadIdx.x; i < g.inner; i += blockDim.x) w.add(static_cast<S>(p[i]));
-  }
+  for_plane_slice(g, c, [&](int64_t j) { w.add(static_cast<S>(x[j])); });
   double wn = w.n, wm = w.mean, w2 = w.m2;
   block_merge(wn, wm, w2);
   if (threadIdx.x == 0) {
-    mean[c] = static_cast<S>(wm);
-    var[c] = static_cast<S>(biased_var(wn, w2));
+    double* out = part + (static_cast<int64_t>(blockIdx.y) * g.C + c) * 3;
+    out[0] = wn;
+    out[1] = wm;
+    out[2] = w2;
   }
 }
 
@@ -146,48 +162,73 @@ __global__ void fwd_coeffs_kernel(const S* mean, const S* var, const S* w, const
   bias[c] = k.bias;
 }
 
-__device__ __forceinline__ int64_t channel_of(int64_t i, const Geom& g) {
-  return g.rows ? i % g.C : (i / g.inner) % g.C;
+// I: uint32_t where the tensor has under 2^31 elements (a 64-bit division per element
+// costs more than the element's arithmetic), else int64_t.
+template <class I>
+__device__ __forceinline__ I channel_of(I i, const Geom& g) {
+  return g.rows ? i % static_cast<I>(g.C) : (i / static_cast<I>(g.inner)) % static_cast<I>(g.C);
 }
 
-template <class T, class S>
-__global__ void apply_kernel(const T* __restrict__ x, T* __restrict__ y, const T* __restrict__ res, bool relu, Geom g,
-                             int64_t numel, const S* mean, const S* scale, const S* bias) {
-  const int64_t stride = static_cast<int64_t>(gridDim.x) * blockDim.x;
-  for (int64_t i = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; i < numel; i += stride) {
-    const int64_t c = channel_of(i, g);
-    const S v = bn_forward(static_cast<S>(x[i]), mean[c], scale[c], bias[c]);
-    y[i] = static_cast<T>(bn_finish(v, res ? static_cast<S>(res[i]) : S(0), res != nullptr, relu));
+constexpr int kUnroll = 4;  // elements per thread per step: four loads in flight
+
+// store(i, load(i)) for every element, kUnroll elements per thread per step with the
+// step's loads issued before its stores.
+template <class I, class Load, class Store>
+__device__ __forceinline__ void for_elements(I numel, Load&& load, Store&& store) {
+  const I step = static_cast<I>(gridDim.x) * blockDim.x * kUnroll;
+  for (I base = static_cast<I>(blockIdx.x) * blockDim.x * kUnroll + threadIdx.x; base < numel; base += step) {
+    decltype(load(base)) v[kUnroll];
+#pragma unroll
+    for (int u = 0; u < kUnroll; ++u) {
+      const I i = base + u * blockDim.x;
+      if (i < numel) v[u] = load(i);
+    }
+#pragma unroll
+    for (int u = 0; u < kUnroll; ++u) {
+      const I i = base + u * blockDim.x;
+      if (i < numel) store(i, v[u]);
+    }
   }
+}
+
+template <class T, class S, class I>
+__global__ void apply_kernel(const T* __restrict__ x, T* __restrict__ y, const T* __restrict__ res, bool relu, Geom g,
+                             I numel, const S* mean, const S* scale, const S* bias) {
+  for_elements<I>(
+      numel, [&](I i) { return x[i]; },
+      [&](I i, T xi) {
+        const I c = channel_of(i, g);
+        const S v = bn_forward(static_cast<S>(xi), mean[c], scale[c], bias[c]);
+        y[i] = static_cast<T>(bn_finish(v, res ? static_cast<S>(res[i]) : S(0), res != nullptr, relu));
+      });
 }
 
 // ---------------------------------------------------------------- backward
 
-template <class T, class S>
-__device__ __forceinline__ S masked_dy(const T* dy, const T* out, int64_t i) {
+template <class T, class S, class I>
+__device__ __forceinline__ S masked_dy(const T* dy, const T* out, I i) {
   const S d = static_cast<S>(dy[i]);
   return out ? bn_keep_if_pos(static_cast<S>(out[i]), d) : d;
 }
 
+// Partial sums (dy', dy' * (x - mean)) of channel blockIdx.x over slice blockIdx.y.
 template <class T, class S>
-__global__ void reduce_planes_kernel(const T* __restrict__ dy, const T* __restrict__ x, const T* __restrict__ out,
-                                     Geom g, const S* mean, double* sum_dy, double* sum_dy_xmu) {
+__global__ void reduce_planes_partial_kernel(const T* __restrict__ dy, const T* __restrict__ x,
+                                             const T* __restrict__ out, Geom g, const S* mean, double* part) {
   const int64_t c = blockIdx.x;
   const S m = mean[c];
   S a = 0, b = 0;
-  for (int64_t n = 0; n < g.N; ++n) {
-    const int64_t off = (n * g.C + c) * g.inner;
-    for (int64_t i = threadIdx.x; i < g.inner; i += blockDim.x) {
-      const S d = masked_dy<T, S>(dy, out, off + i);
-      a += d;
-      b += d * (static_cast<S>(x[off + i]) - m);
-    }
-  }
+  for_plane_slice(g, c, [&](int64_t j) {
+    const S d = masked_dy<T, S>(dy, out, j);
+    a += d;
+    b += d * (static_cast<S>(x[j]) - m);
+  });
   double da = a, db = b;
   block_sum2(da, db);
   if (threadIdx.x == 0) {
-    sum_dy[c] = da;
-    sum_dy_xmu[c] = db;
+    double* p = part + (static_cast<int64_t>(blockIdx.y) * g.C + c) * 2;
+    p[0] = da;
+    p[1] = db;
   }
 }
 
@@ -249,17 +290,22 @@ __global__ void bwd_coeffs_kernel(const S* mean, const S* var, const S* w, const
   if (gw) gw[c] = grad_weight(sx, static_cast<double>(var[c]), eps);
 }
 
-template <class T, class S>
+template <class T, class S, class I>
 __global__ void elemt_kernel(const T* __restrict__ dy, const T* __restrict__ x, const T* __restrict__ out,
-                             T* __restrict__ dx, T* __restrict__ dres, Geom g, int64_t numel, const S* mean,
+                             T* __restrict__ dx, T* __restrict__ dres, Geom g, I numel, const S* mean,
                              const S* mean_dy, const S* k, const S* a) {
-  const int64_t stride = static_cast<int64_t>(gridDim.x) * blockDim.x;
-  for (int64_t i = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; i < numel; i += stride) {
-    const int64_t c = channel_of(i, g);
-    const S d = masked_dy<T, S>(dy, out, i);
-    if (dres) dres[i] = static_cast<T>(d);
-    if (dx) dx[i] = static_cast<T>(bn_grad_input(d, static_cast<S>(x[i]), mean[c], mean_dy[c], k[c], a[c]));
-  }
+  struct Loaded {
+    S d, x;
+  };
+  for_elements<I>(
+      numel, [&](I i) { return Loaded{masked_dy<T, S>(dy, out, i), dx ? static_cast<S>(x[i]) : S(0)}; },
+      [&](I i, Loaded v) {
+        if (dres) dres[i] = static_cast<T>(v.d);
+        if (dx) {
+          const I c = channel_of(i, g);
+          dx[i] = static_cast<T>(bn_grad_input(v.d, v.x, mean[c], mean_dy[c], k[c], a[c]));
+        }
+      });
 }
 
 template <class R>
@@ -277,8 +323,28 @@ __global__ void update_stats_kernel(R* rm, R* rv, const double* mean, const doub
 unsigned blocks_for(int64_t n, int64_t per = kBlock) {
   return static_cast<unsigned>(std::max<int64_t>(1, std::min<int64_t>((n + per - 1) / per, int64_t(1) << 20)));
 }
-int row_slices(int64_t M) { return static_cast<int>(std::max<int64_t>(1, std::min<int64_t>(512, M / 64))); }
 cudaStream_t stream() { return c10::cuda::getCurrentCUDAStream(); }
+
+// Slices per channel (planes) or per 32-channel tile (rows) for a grid of about four
+// blocks per multiprocessor, each slice min_len elements or more, at most most slices.
+int slices_for(int64_t tiles, int64_t len, int64_t min_len, int64_t most) {
+  const int64_t sms = at::cuda::getCurrentDeviceProperties()->multiProcessorCount;
+  const int64_t want = (4 * sms + tiles - 1) / tiles;
+  return static_cast<int>(std::max<int64_t>(1, std::min({want, len / min_len, most})));
+}
+int plane_slices(const Geom& g) { return slices_for(g.C, g.count(), 2048, 1024); }
+int row_slices(const Geom& g) { return slices_for((g.C + kTileC - 1) / kTileC, g.count(), 64, 512); }
+
+// Launches kernel<I> over numel elements with 32-bit indices where they fit.
+template <class Launch>
+void launch_elements(int64_t numel, Launch&& launch) {
+  const unsigned blocks = blocks_for(numel, int64_t(kBlock) * kUnroll);
+  if (numel < (int64_t(1) << 31))
+    launch(blocks, static_cast<uint32_t>(numel));
+  else
+    launch(blocks, numel);
+  C10_CUDA_KERNEL_LAUNCH_CHECK();
+}
 
 // mean/var (S) of the prepared input.
 void stats_into(const Prepared& p, at::Tensor& mean, at::Tensor& var) {
@@ -286,17 +352,16 @@ void stats_into(const Prepared& p, at::Tensor& mean, at::Tensor& var) {
     using T = decltype(t);
     using S = decltype(s);
     const T* x = static_cast<const T*>(p.x.data_ptr());
-    if (!p.g.rows) {
-      stats_planes_kernel<T, S><<<static_cast<unsigned>(p.g.C), kBlock, 0, stream()>>>(x, p.g, mean.data_ptr<S>(),
-                                                                                         var.data_ptr<S>());
-      C10_CUDA_KERNEL_LAUNCH_CHECK();
-      return;
-    }
-    const int slices = row_slices(p.g.count());
+    const int slices = p.g.rows ? row_slices(p.g) : plane_slices(p.g);
     at::Tensor part = at::empty({slices, p.g.C, 3}, p.x.options().dtype(c10::kDouble));
-    dim3 grid(static_cast<unsigned>((p.g.C + kTileC - 1) / kTileC), static_cast<unsigned>(slices));
-    stats_rows_partial_kernel<T, S><<<grid, dim3(kTileC, kTileR), 0, stream()>>>(x, p.g.count(), p.g.C,
-                                                                                 part.data_ptr<double>());
+    if (p.g.rows) {
+      dim3 grid(static_cast<unsigned>((p.g.C + kTileC - 1) / kTileC), static_cast<unsigned>(slices));
+      stats_rows_partial_kernel<T, S><<<grid, dim3(kTileC, kTileR), 0, stream()>>>(x, p.g.count(), p.g.C,
+                                                                                   part.data_ptr<double>());
+    } else {
+      dim3 grid(static_cast<unsigned>(p.g.C), static_cast<unsigned>(slices));
+      stats_planes_partial_kernel<T, S><<<grid, kBlock, 0, stream()>>>(x, p.g, part.data_ptr<double>());
+    }
     C10_CUDA_KERNEL_LAUNCH_CHECK();
     stats_rows_final_kernel<S><<<blocks_for(p.g.C), kBlock, 0, stream()>>>(part.data_ptr<double>(), slices, p.g.C,
                                                                          mean.data_ptr<S>(), var.data_ptr<S>());
@@ -316,11 +381,11 @@ void normalise(const Prepared& p, const at::Tensor& mean, const at::Tensor& var,
         mean.data_ptr<S>(), var.data_ptr<S>(), w ? w->data_ptr<S>() : nullptr, b ? b->data_ptr<S>() : nullptr, p.g.C,
         eps, scale, bias);
     C10_CUDA_KERNEL_LAUNCH_CHECK();
-    const int64_t numel = p.x.numel();
-    apply_kernel<T, S><<<blocks_for(numel), kBlock, 0, stream()>>>(
-        static_cast<const T*>(p.x.data_ptr()), static_cast<T*>(y.data_ptr()),
-        r ? static_cast<const T*>(r->data_ptr()) : nullptr, relu, p.g, numel, mean.data_ptr<S>(), scale, bias);
-    C10_CUDA_KERNEL_LAUNCH_CHECK();
+    launch_elements(p.x.numel(), [&](unsigned blocks, auto numel) {
+      apply_kernel<T, S, decltype(numel)><<<blocks, kBlock, 0, stream()>>>(
+          static_cast<const T*>(p.x.data_ptr()), static_cast<T*>(y.data_ptr()),
+          r ? static_cast<const T*>(r->data_ptr()) : nullptr, relu, p.g, numel, mean.data_ptr<S>(), scale, bias);
+    });
   });
 }
 
@@ -333,19 +398,18 @@ void reduce_into(const Prepared& p, const at::Tensor& dy, const at::Tensor* out,
     const T* d = static_cast<const T*>(dy.data_ptr());
     const T* x = static_cast<const T*>(p.x.data_ptr());
     const T* o = out ? static_cast<const T*>(out->data_ptr()) : nullptr;
-    if (!p.g.rows) {
-      reduce_planes_kernel<T, S><<<static_cast<unsigned>(p.g.C), kBlock, 0, stream()>>>(d, x, o, p.g,
-                                                                                         mean.data_ptr<S>(), sum_dy,
-                                                                                         sum_dy_xmu);
-      C10_CUDA_KERNEL_LAUNCH_CHECK();
-      return;
-    }
-    const int slices = row_slices(p.g.count());
+    const int slices = p.g.rows ? row_slices(p.g) : plane_slices(p.g);
     at::Tensor part = at::empty({slices, p.g.C, 2}, p.x.options().dtype(c10::kDouble));
-    dim3 grid(static_cast<unsigned>((p.g.C + kTileC - 1) / kTileC), static_cast<unsigned>(slices));
-    reduce_rows_partial_kernel<T, S><<<grid, dim3(kTileC, kTileR), 0, stream()>>>(d, x, o, p.g.count(), p.g.C,
-                                                                                  mean.data_ptr<S>(),
-                                                                                  part.data_ptr<double>());
+    if (p.g.rows) {
+      dim3 grid(static_cast<unsigned>((p.g.C + kTileC - 1) / kTileC), static_cast<unsigned>(slices));
+      reduce_rows_partial_kernel<T, S><<<grid, dim3(kTileC, kTileR), 0, stream()>>>(d, x, o, p.g.count(), p.g.C,
+                                                                                    mean.data_ptr<S>(),
+                                                                                    part.data_ptr<double>());
+    } else {
+      dim3 grid(static_cast<unsigned>(p.g.C), static_cast<unsigned>(slices));
+      reduce_planes_partial_kernel<T, S><<<grid, kBlock, 0, stream()>>>(d, x, o, p.g, mean.data_ptr<S>(),
+                                                                        part.data_ptr<double>());
+    }
     C10_CUDA_KERNEL_LAUNCH_CHECK();
     reduce_rows_final_kernel<<<blocks_for(p.g.C), kBlock, 0, stream()>>>(part.data_ptr<double>(), slices, p.g.C, sum_dy,
                                                                        sum_dy_xmu);
@@ -369,13 +433,13 @@ void elemt_into(const Prepared& p, const at::Tensor& dy, const at::Tensor* out, 
         training, eps, mdy, k, a, gw);
     C10_CUDA_KERNEL_LAUNCH_CHECK();
     if (!dx && !dres) return;
-    const int64_t numel = p.x.numel();
-    if (numel == 0) return;
-    elemt_kernel<T, S><<<blocks_for(numel), kBlock, 0, stream()>>>(
-        static_cast<const T*>(dy.data_ptr()), static_cast<const T*>(p.x.data_ptr()),
-        out ? static_cast<const T*>(out->data_ptr()) : nullptr, dx ? static_cast<T*>(dx->data_ptr()) : nullptr,
-        dres ? static_cast<T*>(dres->data_ptr()) : nullptr, p.g, numel, mean.data_ptr<S>(), mdy, k, a);
-    C10_CUDA_KERNEL_LAUNCH_CHECK();
+    if (p.x.numel() == 0) return;
+    launch_elements(p.x.numel(), [&](unsigned blocks, auto numel) {
+      elemt_kernel<T, S, decltype(numel)><<<blocks, kBlock, 0, stream()>>>(
+          static_cast<const T*>(dy.data_ptr()), static_cast<const T*>(p.x.data_ptr()),
+          out ? static_cast<const T*>(out->data_ptr()) : nullptr, dx ? static_cast<T*>(dx->data_ptr()) : nullptr,
+          dres ? static_cast<T*>(dres->data_ptr()) : nullptr, p.g, numel, mean.data_ptr<S>(), mdy, k, a);
+    });
   });
 }
 
