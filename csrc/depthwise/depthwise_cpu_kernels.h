@@ -40,6 +40,23 @@ inline void store_row(const Acc* src, T* dst, int64_t n) {
   for (int64_t i = 0; i < n; ++i) dst[i] = static_cast<T>(src[i]);
 }
 
+// BackwardArgs' buffers as T pointers, the start of every backward entry below:
+// `const auto [go, in, wt, gi, gw, gb] = typed_buffers<T>(a);` (gi, gw, gb may be null).
+template <class T>
+struct TypedBuffers {
+  const T* go;
+  const T* in;
+  const T* wt;
+  T* gi;
+  T* gw;
+  T* gb;
+};
+template <class T>
+inline TypedBuffers<T> typed_buffers(const BackwardArgs& a) {
+  return {static_cast<const T*>(a.grad_out), static_cast<const T*>(a.input),  static_cast<const T*>(a.weight),
+          static_cast<T*>(a.grad_input),     static_cast<T*>(a.grad_weight), static_cast<T*>(a.grad_bias)};
+}
+
 // Walks a range a few cache lines per step, so that the memory the next task (plane or
 // row) reads, and (step_write) the output lines it writes, are requested while the
 // current one computes. Here a core's own misses, not the memory, limit a walk: the
@@ -849,12 +866,7 @@ template <int KH_, int KW_, int S, class Acc, class T>
 void backward_rows(const BackwardArgs& a) {
   constexpr int K_ = KH_ * KW_;
   const Geom& g = a.g;
-  const auto* go = static_cast<const T*>(a.grad_out);
-  const auto* in = static_cast<const T*>(a.input);
-  const auto* wt = static_cast<const T*>(a.weight);
-  auto* gi = static_cast<T*>(a.grad_input);
-  auto* gw = static_cast<T*>(a.grad_weight);
-  auto* gb = static_cast<T*>(a.grad_bias);
+  const auto [go, in, wt, gi, gw, gb] = typed_buffers<T>(a);
   const bool need_part = gw || gb;
   // Stride 1: grad_input is the flipped kernel's walk over grad_out placed at row GT,
   // column GL of a buffer laid out as a stride-1 input. Stride 2: grad_out at row
@@ -1122,12 +1134,7 @@ template <int KH_, int KW_, class Acc, class T>
 void backward_nchw(const BackwardArgs& a) {
   constexpr int K_ = KH_ * KW_;
   const Geom& g = a.g;
-  const auto* go = static_cast<const T*>(a.grad_out);
-  const auto* in = static_cast<const T*>(a.input);
-  const auto* wt = static_cast<const T*>(a.weight);
-  auto* gi = static_cast<T*>(a.grad_input);
-  auto* gw = static_cast<T*>(a.grad_weight);
-  auto* gb = static_cast<T*>(a.grad_bias);
+  const auto [go, in, wt, gi, gw, gb] = typed_buffers<T>(a);
   const int64_t O = num_out_channels(g), K = num_taps(g), OHW = g.OH * g.OW;
   const bool need_part = gw || gb;
   std::vector<Acc> w(O * K);
@@ -1599,12 +1606,7 @@ void backward_cl_rows_fused(const BackwardArgs& a, const Acc* w, const T* zeros,
 template <int KH_, int KW_, class Acc, class T>
 void backward_cl(const BackwardArgs& a) {
   const Geom& g = a.g;
-  const auto* go = static_cast<const T*>(a.grad_out);
-  const auto* in = static_cast<const T*>(a.input);
-  const auto* wt = static_cast<const T*>(a.weight);
-  auto* gi = static_cast<T*>(a.grad_input);
-  auto* gw = static_cast<T*>(a.grad_weight);
-  auto* gb = static_cast<T*>(a.grad_bias);
+  const auto [go, in, wt, gi, gw, gb] = typed_buffers<T>(a);
   const int64_t O = num_out_channels(g), K = num_taps(g), C = g.C, M = g.M;
   std::vector<Acc> w(K * O);
   for (int64_t o = 0; o < O; ++o)
