@@ -189,6 +189,11 @@ BLOCK_CASES = [(n, 16, h, w, k, s, p, d, 1) for (n, _, h, w, k, s, p, d, _) in C
     # Several channel vectors per row at either width (8, or 16 in the AVX-512 unit).
     (2, 48, 6, 7, 3, 1, 1, 1, 1),
     (1, 32, 9, 8, 5, 2, 2, 1, 1),
+    # Stride 2, asymmetric padding (Keras 'same'), a single column, padding beyond the
+    # kernel's reach: the channels_last grad_input by row and column parity.
+    (2, 16, 7, 9, 3, 2, (1, 0, 0, 1), 1, 1),
+    (1, 32, 10, 1, 5, 2, (2, 2, 1, 3), 1, 1),
+    (2, 16, 6, 8, 3, 2, (0, 3, 2, 0), 1, 1),
 ]
 
 
