@@ -52,6 +52,12 @@ constexpr int64_t kRowChunkElems = 16384;  // elements (rows x C) per statistics
 inline int64_t row_chunk(int64_t C) {
   return std::min<int64_t>(1024, std::max<int64_t>(64, kRowChunkElems / std::max<int64_t>(C, 1)));
 }
+// Rows of the statistics chunks after a block's first: those are shifted by the block's
+// mean so far and walked once, so they need not fit in L1, and longer ones cut the
+// merges (C divisions each): (64,256,14,14) float32 channels_last, 2 threads,
+// alternating runs, statistics 0.43 -> 0.36 ms and the training forward 1.01 -> 0.91 ms
+// (64 -> 512 rows; a plain sum over x takes 0.28 ms).
+inline int64_t row_chunk_shifted(int64_t C) { return std::max<int64_t>(row_chunk(C), 512); }
 
 // ---------------------------------------------------------------- planes
 
@@ -541,7 +547,7 @@ void rows_stats(const T* x, const Geom& g, const StatsOut& o) {
   const int64_t C = g.C, M = g.count();
   const int64_t B = row_blocks(M);
   std::vector<double> bn(B * C, 0.0), bmean(B * C, 0.0), bm2(B * C, 0.0);
-  const int64_t R = row_chunk(C);
+  const int64_t R = row_chunk(C), R_shifted = row_chunk_shifted(C);
   at::parallel_for(0, B, 1, [&](int64_t b0, int64_t b1) {
     std::vector<S> m(C), dsum(C), qsum(C), shift(C);
     for (int64_t b = b0; b < b1; ++b) {
@@ -549,8 +555,8 @@ void rows_stats(const T* x, const Geom& g, const StatsOut& o) {
       double* wn = &bn[b * C];
       double* wm = &bmean[b * C];
       double* w2 = &bm2[b * C];
-      for (int64_t s = r0; s < r1; s += R) {
-        const int64_t e = std::min(r1, s + R);
+      for (int64_t s = r0, e; s < r1; s = e) {
+        e = std::min(r1, s + (s > r0 ? R_shifted : R));
         const S* sh = s > r0 ? shift.data() : nullptr;
         int64_t c = 0;
         for (; c + 4 * N <= C; c += 4 * N) rows_chunk_stats<4>(x, C, s, e, c, sh, m.data(), dsum.data(), qsum.data());

@@ -187,11 +187,13 @@ def test_large_mean_is_stable(simd_all, channels_last):
 
 
 @pytest.mark.parametrize("channels_last", [False, True])
-@pytest.mark.parametrize("shape", [(6, 3, 50, 45), (300, 3, 3, 4)], ids=["large-planes", "small-planes"])
+@pytest.mark.parametrize("shape", [(6, 3, 50, 45), (300, 3, 3, 4), (24, 64, 10, 10)],
+                         ids=["large-planes", "small-planes", "many-channels"])
 def test_stats_with_shifting_means(simd_all, channels_last, shape):
     # Samples with very different means and little spread inside each: later chunks are
     # shifted by the mean of earlier ones, so the between-chunk part must merge exactly.
-    # Small planes: several samples share a chunk.
+    # Small planes: several samples share a chunk. Many channels: channels_last chunks of
+    # 256 rows, then longer shifted ones.
     torch.manual_seed(13)
     offsets = torch.tensor([0.0, 300.0, -50.0, 1e3, 7.0, 2e3]).repeat(shape[0] // 6).reshape(-1, 1, 1, 1)
     x = _layout((offsets + 1e-2 * torch.randn(shape)).float(), channels_last)
