@@ -9,7 +9,8 @@
 // partials over a fixed split of the (n, oh, ow) positions, reduced in a fixed order
 // by a second kernel, so they are deterministic. Element indices are 32-bit where the
 // tensor allows. After the H200 run, the grad_weight partials of kernels up to 5x5
-// take one walk for all taps (same bits), and the element passes 32-bit indices:
+// take one walk for all taps (same bits), in channels_last with a warp across channels
+// (weight_grad_partial_cl_kernel), and the element passes 32-bit indices:
 // compile-checked only until the next GPU run.
 #include <ATen/core/Tensor.h>
 #include <ATen/ops/sum.h>
@@ -158,6 +159,60 @@ __global__ void weight_grad_partial_kernel(const T* __restrict__ in, const T* __
   }
 }
 
+// channels_last grad_weight partials. The kernels above give each block one channel and
+// walk positions across its threads, so in channels_last every lane of a warp reads its
+// own line. Here a warp's lanes are kClChannels consecutive output channels at one
+// position (one line of grad_out, one of input), and threadIdx.y is a position lane.
+// Block (b, tile) walks slice b of the positions, [P*b/B, P*(b+1)/B): lane y takes every
+// kClLanes-th from the slice's start + y, and a fixed tree over the lanes gives
+// part[(o * (K+1) + t) * B + b]. Deterministic (the split depends on the shape only);
+// its bits differ from the generic kernels' (another summation order).
+constexpr int kClChannels = 32, kClLanes = 8;
+
+int64_t cl_partials(int64_t positions) {
+  return std::clamp<int64_t>((positions + kThreads - 1) / kThreads, 1, 256);
+}
+
+template <class T, class Acc, int Kmax>
+__global__ void weight_grad_partial_cl_kernel(const T* __restrict__ in, const T* __restrict__ go,
+                                              Acc* __restrict__ part, Geom g, Strides4 is, Strides4 gs,
+                                              int64_t positions) {
+  __shared__ Acc red[kClLanes][kClChannels];
+  const int64_t O = num_out_channels(g), K = num_taps(g), B = gridDim.x, b = blockIdx.x;
+  const int64_t o = int64_t(blockIdx.y) * kClChannels + threadIdx.x;
+  const int64_t p1 = positions * (b + 1) / B;
+  Acc acc[Kmax + 1];
+#pragma unroll
+  for (int t = 0; t <= Kmax; ++t) acc[t] = Acc(0);
+  if (o < O) {  // no return: every thread reaches the barriers below
+    int64_t pos = positions * b / B + threadIdx.y;
+    int64_t ow = pos % g.OW, oh = (pos / g.OW) % g.OH, n = pos / (g.OW * g.OH);
+    for (; pos < p1; pos += kClLanes) {
+#pragma unroll
+      for (int t = 0; t < Kmax; ++t)
+        if (t < K) acc[t] += weight_grad_term<Acc>(in, is, go, gs, g, n, o, oh, ow, t / g.KW, t % g.KW);
+      acc[Kmax] += to_acc<Acc>(go[n * gs.n + o * gs.c + oh * gs.h + ow * gs.w]);
+      for (ow += kClLanes; ow >= g.OW;) {  // the next position of this lane, without divisions
+        ow -= g.OW;
+        if (++oh == g.OH) oh = 0, ++n;
+      }
+    }
+  }
+#pragma unroll
+  for (int t = 0; t <= Kmax; ++t) {
+    if (t < K || t == Kmax) {  // the same for the whole block, so the barriers are safe
+      red[threadIdx.y][threadIdx.x] = acc[t];
+      __syncthreads();
+      for (int s = kClLanes / 2; s > 0; s >>= 1) {
+        if (threadIdx.y < s) red[threadIdx.y][threadIdx.x] += red[threadIdx.y + s][threadIdx.x];
+        __syncthreads();
+      }
+      if (threadIdx.y == 0 && o < O) part[(o * (K + 1) + (t == Kmax ? K : t)) * B + b] = red[0][threadIdx.x];
+      __syncthreads();
+    }
+  }
+}
+
 template <class T, class Acc>
 __global__ void weight_grad_final_kernel(const Acc* __restrict__ part, T* __restrict__ gw, T* __restrict__ gb,
                                          int64_t O, int64_t K, int64_t B) {
@@ -210,14 +265,23 @@ void run_backward(const BackwardArgs& a, const at::Tensor& like) {
     }
     if (a.grad_weight == nullptr && a.grad_bias == nullptr) return;
     const int64_t positions = g.N * g.OH * g.OW;
+    const bool cl = a.channels_last && K <= 25;
     // The split depends only on the shape, never on the device: same bits everywhere.
-    const int64_t B = std::max<int64_t>(1, std::min<int64_t>((positions + kThreads - 1) / kThreads, kMaxPartials));
+    const int64_t B = cl ? cl_partials(positions)
+                         : std::max<int64_t>(1, std::min<int64_t>((positions + kThreads - 1) / kThreads, kMaxPartials));
     const auto acc_type = std::is_same_v<Acc, double> ? at::kDouble : at::kFloat;
     at::Tensor part = at::empty({O * (K + 1) * B}, like.options().dtype(acc_type));
     const dim3 grid(static_cast<unsigned>(B), static_cast<unsigned>(O));
     const auto* in = static_cast<const T*>(a.input);
     Acc* p = part.mutable_data_ptr<Acc>();
-    if (K <= 9)
+    if (cl) {
+      const dim3 cl_grid(static_cast<unsigned>(B), static_cast<unsigned>((O + kClChannels - 1) / kClChannels));
+      const dim3 cl_block(kClChannels, kClLanes);
+      if (K <= 9)
+        weight_grad_partial_cl_kernel<T, Acc, 9><<<cl_grid, cl_block, 0, stream>>>(in, go, p, g, is, gs, positions);
+      else
+        weight_grad_partial_cl_kernel<T, Acc, 25><<<cl_grid, cl_block, 0, stream>>>(in, go, p, g, is, gs, positions);
+    } else if (K <= 9)
       weight_grad_partial_taps_kernel<T, Acc, 9><<<grid, kThreads, 0, stream>>>(in, go, p, g, is, gs, positions);
     else if (K <= 25)
       weight_grad_partial_taps_kernel<T, Acc, 25><<<grid, kThreads, 0, stream>>>(in, go, p, g, is, gs, positions);
