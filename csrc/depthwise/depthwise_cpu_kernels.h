@@ -1622,8 +1622,11 @@ void input_grad_cl_s2(const Geom& g, const T* go, const Acc* w, const T* zeros, 
   for (int p = 0; p < 2; ++p)
     for (int q = 0; q < 2; ++q)
       for (int i = p; i < KH_; i += 2)
-        for (int j = q; j < KW_; j += 2) pw[p][q].insert(pw[p][q].end(), w + (i * KW_ + j) * C, w + (i * KW_ + j + 1) * C);
-  // Calls f(KHs) with the compile-time number of kernel rows (or columns) of parity p.
+        for (int j = q; j < KW_; j += 2) {
+          const Acc* tap = w + (i * KW_ + j) * C;
+          pw[p][q].insert(pw[p][q].end(), tap, tap + C);
+        }
+  // Calls f(rows, cols): how many kernel rows and columns have parity p, at compile time.
   const auto parity = [](int p, const auto& f) {
     using std::integral_constant;
     if (p == 0) return f(integral_constant<int, (KH_ + 1) / 2>{}, integral_constant<int, (KW_ + 1) / 2>{});
