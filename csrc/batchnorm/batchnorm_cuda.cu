@@ -24,6 +24,7 @@
 
 #include <algorithm>
 
+#include "../common/cuda_index.cuh"
 #include "../common/dispatch.h"
 #include "batchnorm_math.h"
 #include "batchnorm_ops.h"
@@ -335,16 +336,8 @@ int slices_for(int64_t tiles, int64_t len, int64_t min_len, int64_t most) {
 int plane_slices(const Geom& g) { return slices_for(g.C, g.count(), 2048, 1024); }
 int row_slices(const Geom& g) { return slices_for((g.C + kTileC - 1) / kTileC, g.count(), 64, 512); }
 
-// Launches kernel<I> over numel elements with 32-bit indices where they fit.
-template <class Launch>
-void launch_elements(int64_t numel, Launch&& launch) {
-  const unsigned blocks = blocks_for(numel, int64_t(kBlock) * kUnroll);
-  if (numel < (int64_t(1) << 31))
-    launch(blocks, static_cast<uint32_t>(numel));
-  else
-    launch(blocks, numel);
-  C10_CUDA_KERNEL_LAUNCH_CHECK();
-}
+// Blocks of an element pass (kUnroll elements per thread per step).
+unsigned element_blocks(int64_t numel) { return blocks_for(numel, int64_t(kBlock) * kUnroll); }
 
 // mean/var (S) of the prepared input.
 void stats_into(const Prepared& p, at::Tensor& mean, at::Tensor& var) {
@@ -381,8 +374,8 @@ void normalise(const Prepared& p, const at::Tensor& mean, const at::Tensor& var,
         mean.data_ptr<S>(), var.data_ptr<S>(), w ? w->data_ptr<S>() : nullptr, b ? b->data_ptr<S>() : nullptr, p.g.C,
         eps, scale, bias);
     C10_CUDA_KERNEL_LAUNCH_CHECK();
-    launch_elements(p.x.numel(), [&](unsigned blocks, auto numel) {
-      apply_kernel<T, S, decltype(numel)><<<blocks, kBlock, 0, stream()>>>(
+    launch_indexed(p.x.numel(), [&](auto numel) {
+      apply_kernel<T, S, decltype(numel)><<<element_blocks(numel), kBlock, 0, stream()>>>(
           static_cast<const T*>(p.x.data_ptr()), static_cast<T*>(y.data_ptr()),
           r ? static_cast<const T*>(r->data_ptr()) : nullptr, relu, p.g, numel, mean.data_ptr<S>(), scale, bias);
     });
@@ -434,8 +427,8 @@ void elemt_into(const Prepared& p, const at::Tensor& dy, const at::Tensor* out, 
     C10_CUDA_KERNEL_LAUNCH_CHECK();
     if (!dx && !dres) return;
     if (p.x.numel() == 0) return;
-    launch_elements(p.x.numel(), [&](unsigned blocks, auto numel) {
-      elemt_kernel<T, S, decltype(numel)><<<blocks, kBlock, 0, stream()>>>(
+    launch_indexed(p.x.numel(), [&](auto numel) {
+      elemt_kernel<T, S, decltype(numel)><<<element_blocks(numel), kBlock, 0, stream()>>>(
           static_cast<const T*>(dy.data_ptr()), static_cast<const T*>(p.x.data_ptr()),
           out ? static_cast<const T*>(out->data_ptr()) : nullptr, dx ? static_cast<T*>(dx->data_ptr()) : nullptr,
           dres ? static_cast<T*>(dres->data_ptr()) : nullptr, p.g, numel, mean.data_ptr<S>(), mdy, k, a);

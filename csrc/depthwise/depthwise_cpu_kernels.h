@@ -713,6 +713,14 @@ struct InputRows {
       }
     }
   }
+  // Rows [0, filled) are in buf: adds the rest of those that the KH taps of output row
+  // oh read, so that a walk fills each input row as it first reaches it (while the row
+  // is still in L1 when used).
+  template <class Acc, class T>
+  void fill_for_output_row(const T* src, const Geom& g, Acc* buf, int64_t oh, int64_t KH, int64_t& filled) const {
+    const int64_t upto = std::min(g.H, S * oh + KH - g.PT);
+    if (upto > filled) fill(src, g, buf, filled, upto), filled = upto;
+  }
 };
 
 // out[oh * OW + ow] = init + sum over taps t = i * KW_ + j of w[t] * (tap t's input): the
@@ -849,12 +857,9 @@ void forward_rows(const ForwardArgs& a) {
       const bool more = p + 1 < end;
       ahead.reset(in + (p + 1) * g.H * g.W, more ? in_bytes : 0, out + (p + 1) * g.OH * g.OW, more ? out_bytes : 0,
                   g.OH);
-      // Input rows are filled as the output rows first reach them, so that each is used
-      // while it is still in L1.
       int64_t filled = 0;
       auto fill_for_row = [&](int64_t oh) {
-        const int64_t upto = std::min(g.H, S * oh + KH_ - g.PT);
-        if (upto > filled) xr.fill(in + p * g.H * g.W, g, xb.data(), filled, upto), filled = upto;
+        xr.fill_for_output_row(in + p * g.H * g.W, g, xb.data(), oh, KH_, filled);
       };
       const Acc b = bias ? static_cast<Acc>(bias[c]) : Acc(0);
       correlate_rows<KH_, KW_>(xr, xb.data(), w.data() + c * K_, b, g.OH, g.OW, out + p * g.OH * g.OW, ahead,
@@ -900,12 +905,11 @@ void backward_rows(const BackwardArgs& a) {
       const Acc* dy0 = db.data() + dg.PT * dr.ld + dg.PL;  // grad_out (0, 0)
       if (need_part) {
         // grad_out and input rows are filled as grad_weight's walk first reaches them
-        // (see forward_rows); grad_input's walk then finds all of grad_out filled.
+        // (InputRows::fill_for_output_row); grad_input's walk then finds all of grad_out filled.
         int64_t filled = 0;
         auto fill_for_row = [&](int64_t oh) {
           dr.fill(gop, dg, db.data(), oh, oh + 1);
-          const int64_t upto = std::min(g.H, S * oh + KH_ - g.PT);
-          if (upto > filled) xr.fill(in + p * g.H * g.W, g, xb.data(), filled, upto), filled = upto;
+          xr.fill_for_output_row(in + p * g.H * g.W, g, xb.data(), oh, KH_, filled);
         };
         weight_grad_rows<KH_, KW_>(dy0, dr.ld, xr, xb.data(), g.OH, g.OW, part.data() + p * (K_ + 1), ahead,
                                    fill_for_row);

@@ -23,6 +23,7 @@
 
 #include <algorithm>
 
+#include "../common/cuda_index.cuh"
 #include "../common/dispatch.h"
 #include "depthwise_math.h"
 #include "depthwise_ops.h"
@@ -82,17 +83,6 @@ __global__ void input_grad_kernel(const T* __restrict__ go, const T* __restrict_
     decompose<I>(idx, cl, C, H, W, n, c, ih, iw);
     gi[idx] = static_cast<T>(input_grad_element<Acc>(go, gs, w, g, n, c, ih, iw));
   }
-}
-
-// Launches kernel<I> with 32-bit indices where total fits (grid_for keeps
-// idx + stride under 2^31 + 2^28).
-template <class Launch>
-void launch_indexed(int64_t total, Launch&& launch) {
-  if (total < (int64_t(1) << 31))
-    launch(static_cast<uint32_t>(total));
-  else
-    launch(total);
-  C10_CUDA_KERNEL_LAUNCH_CHECK();
 }
 
 // weight_grad_partial_kernel for kernels of at most Kmax taps: one walk over the
