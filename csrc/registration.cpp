@@ -4,8 +4,8 @@
 // Conventions: ops ending in `_` update their list arguments in place and return
 // nothing; each mutated list carries its own alias annotation. Implementations are
 // registered per backend next to their kernels (TORCH_LIBRARY_IMPL in *_cpu.cpp and
-// *_cuda.cu); fake (meta) implementations live in fusedopt/_registrations.py; the
-// Python module is python_module.cpp.
+// *_cuda.cu), the layers' autograd in *_autograd.cpp; fake (meta) implementations live
+// in fusedopt/_registrations.py and fusedopt/nn; the Python module is python_module.cpp.
 #include <torch/csrc/autograd/variable.h>
 #include <torch/library.h>
 
@@ -47,7 +47,8 @@ TORCH_LIBRARY(fusedopt, m) {
       "Tensor(z!)[] master_params, int? stochastic_rounding_seed, Tensor? grad_scale=None, Tensor? found_inf=None) -> ()");
 
   // ---- Batch norm (csrc/batchnorm) ----
-  // Functional ops (autograd is registered in Python, fusedopt/nn/_batchnorm_ops.py).
+  // Functional ops (autograd: batchnorm_autograd.cpp, and for double backward
+  // fusedopt/nn/_batchnorm_ops.py).
   // Per-channel mean/var are float32 (float64 for float64 inputs); var is biased.
   // Training forward: batch statistics, normalise, affine, + residual, relu.
   m.def("batch_norm_train(Tensor input, Tensor? weight, Tensor? bias, Tensor? residual, bool relu, float eps) "

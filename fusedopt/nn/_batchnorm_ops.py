@@ -1,9 +1,11 @@
-"""Fake implementations and autograd formulas of the batch norm ops (csrc/batchnorm).
+"""Fake implementations of the batch norm ops (csrc/batchnorm), and the autograd formula
+of batch_norm_backward.
 
-Single backward runs our kernel (fusedopt::batch_norm_backward). Double backward (the
-autograd formula of batch_norm_backward itself) differentiates the same backward
-formula written with plain torch ops: a rare path (gradient penalties, gradgradcheck)
-that is not fused on purpose.
+The forward ops' autograd is C++ (csrc/batchnorm/batchnorm_autograd.cpp, for host
+time); their single backward runs our kernel, fusedopt::batch_norm_backward. Double
+backward (the autograd formula of batch_norm_backward, below) differentiates the same
+backward formula written with plain torch ops: a rare path (gradient penalties,
+gradgradcheck) that is not fused on purpose.
 """
 import torch
 
@@ -81,67 +83,6 @@ def _elemt_fake(grad_out, input, weight, mean, var, output, sum_dy, sum_dy_xmu, 
 
 def _per_channel(t, ndim):
     return t.reshape((1, -1) + (1,) * (ndim - 2))
-
-
-def _mean_var_grad(input, mean, g_mean, g_var):
-    """d(batch mean)/dx and d(biased batch var)/dx contributions (rarely non-zero: only
-    when something differentiates through the returned statistics)."""
-    n = input.numel() // input.shape[1]
-    acc = mean.dtype
-    x = input.to(acc)
-    g = torch.zeros_like(x)
-    if g_mean is not None:
-        g = g + _per_channel(g_mean, x.dim()) / n
-    if g_var is not None:
-        g = g + _per_channel(g_var, x.dim()) * 2.0 * (x - _per_channel(mean, x.dim())) / n
-    return g.to(input.dtype)
-
-
-def _train_setup(ctx, inputs, output):
-    input, weight, bias, residual, relu, eps = inputs
-    out, mean, var = output
-    ctx.set_materialize_grads(False)
-    ctx.relu, ctx.eps = relu, eps
-    ctx.save_for_backward(input, weight, mean, var, out if relu else None)
-
-
-def _train_backward(ctx, g_out, g_mean, g_var):
-    input, weight, mean, var, out = ctx.saved_tensors
-    need = ctx.needs_input_grad
-    gi = gw = gb = gr = None
-    if g_out is not None:
-        mask = [need[0], need[1] and weight is not None, need[2], need[3]]
-        if any(mask):
-            gi, gw, gb, gr = ops.batch_norm_backward(g_out, input, weight, mean, var, out, ctx.relu, True, ctx.eps, mask)
-    if need[0] and (g_mean is not None or g_var is not None):
-        extra = _mean_var_grad(input, mean, g_mean, g_var)
-        gi = extra if gi is None else gi + extra
-    return (gi if need[0] else None, gw if need[1] else None, gb if need[2] else None,
-            gr if need[3] else None, None, None)
-
-
-torch.library.register_autograd("fusedopt::batch_norm_train", _train_backward, setup_context=_train_setup)
-
-
-def _eval_setup(ctx, inputs, output):
-    input, mean, var, weight, bias, residual, relu, eps = inputs
-    ctx.relu, ctx.eps = relu, eps
-    ctx.save_for_backward(input, weight, mean, var, output if relu else None)
-
-
-def _eval_backward(ctx, g_out):
-    input, weight, mean, var, out = ctx.saved_tensors
-    need = ctx.needs_input_grad
-    mask = [need[0], need[3] and weight is not None, need[4], need[5]]
-    gi = gw = gb = gr = None
-    if any(mask):
-        gi, gw, gb, gr = ops.batch_norm_backward(g_out, input, weight, mean, var, out, ctx.relu, False, ctx.eps, mask)
-    # The statistics are constants of the eval forward (as in torch: running stats get no grad).
-    return (gi if need[0] else None, None, None, gw if need[3] else None, gb if need[4] else None,
-            gr if need[5] else None, None, None)
-
-
-torch.library.register_autograd("fusedopt::batch_norm_eval", _eval_backward, setup_context=_eval_setup)
 
 
 def backward_formula(grad_out, input, weight, mean, var, output, relu, training, eps):

@@ -63,24 +63,6 @@ def _depthwise_conv2d_backward_fake(grad_out, input, weight, stride, padding, di
     return gi, gw, gb
 
 
-def _setup_context(ctx, inputs, output):
-    input, weight, bias, stride, padding, dilation = inputs
-    ctx.save_for_backward(input, weight)
-    ctx.conv = (list(stride), list(padding), list(dilation))
-    ctx.has_bias = bias is not None
-
-
-def _backward(ctx, grad_out):
-    input, weight = ctx.saved_tensors
-    stride, padding, dilation = ctx.conv
-    mask = [ctx.needs_input_grad[0], ctx.needs_input_grad[1], ctx.has_bias and ctx.needs_input_grad[2]]
-    gi, gw, gb = _OPS.depthwise_conv2d_backward(grad_out, input, weight, stride, padding, dilation, mask)
-    return (gi if mask[0] else None, gw if mask[1] else None, gb if mask[2] else None, None, None, None)
-
-
-torch.library.register_autograd("fusedopt::depthwise_conv2d", _backward, setup_context=_setup_context)
-
-
 @torch.library.register_fake("fusedopt::depthwise_separable_conv2d")
 def _separable_fake(input, depthwise_weight, pointwise_weight, bias, stride, padding, dilation):
     same_device("depthwise_separable_conv2d", input, depthwise_weight=depthwise_weight,
@@ -101,25 +83,7 @@ def _separable_backward_fake(grad_out, input, depthwise_weight, pointwise_weight
     return tuple(grads)
 
 
-def _separable_setup_context(ctx, inputs, output):
-    input, depthwise_weight, pointwise_weight, bias, stride, padding, dilation = inputs
-    ctx.save_for_backward(input, depthwise_weight, pointwise_weight)
-    ctx.conv = (list(stride), list(padding), list(dilation))
-    ctx.has_bias = bias is not None
-
-
-def _separable_backward(ctx, grad_out):
-    input, depthwise_weight, pointwise_weight = ctx.saved_tensors
-    stride, padding, dilation = ctx.conv
-    need = ctx.needs_input_grad
-    mask = [need[0], need[1], need[2], ctx.has_bias and need[3]]
-    grads = _OPS.depthwise_separable_conv2d_backward(grad_out, input, depthwise_weight, pointwise_weight, stride,
-                                                     padding, dilation, mask)
-    return tuple(g if m else None for g, m in zip(grads, mask)) + (None, None, None)
-
-
-torch.library.register_autograd("fusedopt::depthwise_separable_conv2d", _separable_backward,
-                                setup_context=_separable_setup_context)
+# The ops' autograd is C++, csrc/depthwise/depthwise_autograd.cpp (host time).
 
 
 # ---------------------------------------------------------------- functional

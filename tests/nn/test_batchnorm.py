@@ -245,6 +245,41 @@ def test_gradcheck_no_affine_3d():
     assert torch.autograd.gradgradcheck(lambda x: FF.batch_norm(x, None, None, training=True), (x,))
 
 
+# Each of weight, bias, residual: absent, given without grad, or given with grad. The
+# autograd kernel (csrc/batchnorm/batchnorm_autograd.cpp) maps the graph's edges, which
+# skip absent tensors, back to argument order; a slip would hand one input another's grad.
+_GIVEN = [None, False, True]
+
+
+@pytest.mark.parametrize("training", [True, False])
+@pytest.mark.parametrize("x_grad", [True, False])
+@pytest.mark.parametrize("w_kind,b_kind,z_kind",
+                         [(w, b, z) for w in _GIVEN for b in _GIVEN for z in _GIVEN])
+def test_grads_reach_exactly_the_inputs_that_ask(training, x_grad, w_kind, b_kind, z_kind):
+    torch.manual_seed(5)
+    x = torch.randn(3, 4, 2, 3, dtype=torch.float64).requires_grad_(x_grad)
+
+    def make(kind, *shape):
+        return None if kind is None else torch.randn(*shape, dtype=torch.float64).requires_grad_(kind)
+
+    w, b, z = make(w_kind, 4), make(b_kind, 4), make(z_kind, 3, 4, 2, 3)
+    rm, rv = torch.randn(4, dtype=torch.float64), torch.rand(4, dtype=torch.float64) + 0.5
+    leaves = [t for t in (x, w, b, z) if t is not None and t.requires_grad]
+    if not leaves:
+        pytest.skip("nothing asks for a grad")
+    stats = (None, None) if training else (rm, rv)
+    if z is None:
+        y = FF.batch_norm(x, *stats, w, b, training=training)
+    else:
+        y = FF.batch_norm_relu(x, *stats, w, b, z, training=training)
+    out64, _, _ = reference.batch_norm_forward(x, w, b, rm, rv, training=training, residual=z, relu=z is not None)
+    dy = torch.randn_like(y)
+    got = torch.autograd.grad(y, leaves, dy)
+    want = torch.autograd.grad(out64, leaves, dy)
+    for g, r in zip(got, want):
+        torch.testing.assert_close(g, r, rtol=1e-9, atol=1e-9)
+
+
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 def test_batch_norm_relu_matches_torch(simd_all, dtype):
     torch.manual_seed(4)

@@ -471,6 +471,47 @@ def test_fused_separable_op_matches_reference(channels_last, c, m, s, p, device)
     assert torch.autograd.gradcheck(lambda *a: OPS.depthwise_separable_conv2d(*a, st, p, dl), (x, dw, pw, b))
 
 
+# Every pattern of which tensors ask for a grad, the bias absent, given, or given with a
+# grad. The autograd kernels (csrc/depthwise/depthwise_autograd.cpp) map the graph's
+# edges, which skip an absent bias, back to argument order.
+_GRAD_PATTERNS = [(x, w, b) for x in (False, True) for w in (False, True) for b in (None, False, True)
+                  if x or w or b]
+
+
+@pytest.mark.parametrize("x_grad,w_grad,b_kind", _GRAD_PATTERNS)
+def test_conv_grads_reach_exactly_the_inputs_that_ask(x_grad, w_grad, b_kind):
+    x, w, b, s, p, d = make(CASES[1], dtype=torch.float64, seed=7, bias=b_kind is not None)
+    x.requires_grad_(x_grad), w.requires_grad_(w_grad)
+    if b is not None:
+        b.requires_grad_(b_kind)
+    leaves = [t for t in (x, w, b) if t is not None and t.requires_grad]
+    p4 = pad4(p, w.shape[2:], (d, d))
+    y = depthwise_conv2d(x, w, b, s, p, d)
+    g = torch.randn_like(y)
+    got = torch.autograd.grad(y, leaves, g)
+    want = torch.autograd.grad(ref.depthwise_conv2d(x, w, b, (s, s), p4, (d, d)), leaves, g)
+    for a, e in zip(got, want):
+        close(a, e, 1e-12, "grad")
+
+
+@pytest.mark.parametrize("x_grad,w_grad,b_kind", _GRAD_PATTERNS)
+def test_separable_grads_reach_exactly_the_inputs_that_ask(x_grad, w_grad, b_kind):
+    # w_grad stands for both weights: the depthwise one asks when it is set, the
+    # pointwise one when it is not, so each weight is tested asking and not asking.
+    x, dw, pw, b = separable_case(bias=b_kind is not None)
+    x.requires_grad_(x_grad), dw.requires_grad_(w_grad), pw.requires_grad_(not w_grad)
+    if b is not None:
+        b.requires_grad_(b_kind)
+    leaves = [t for t in (x, dw, pw, b) if t is not None and t.requires_grad]
+    st, p, dl = [2, 2], [0, 1, 1, 0], [1, 1]
+    y = OPS.depthwise_separable_conv2d(x, dw, pw, b, st, p, dl)
+    g = torch.randn_like(y)
+    got = torch.autograd.grad(y, leaves, g)
+    want = torch.autograd.grad(ref.depthwise_separable_conv2d(x, dw, pw, b, st, p, dl), leaves, g)
+    for a, e in zip(got, want):
+        close(a, e, 1e-12, "grad")
+
+
 def test_fused_separable_float32_threads_and_empty_batch():
     x, dw, pw, b = separable_case(dtype=torch.float32, n=6, c=16, out=12, hw=(14, 14))
     args = ([1, 1], [1, 1, 1, 1], [1, 1])
