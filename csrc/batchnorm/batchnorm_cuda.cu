@@ -11,8 +11,9 @@
 // Element passes are grid-stride loops, 32-bit indices where the tensor allows (the
 // channel of an element costs a division), four elements per thread in flight.
 //
-// Tested on an H200 (benchmarks/results/NVIDIA_H200) before the slices and the
-// element-pass unrolling; those are compile-checked only until the next GPU run.
+// Tested on an H200 (benchmarks/results/NVIDIA_H200) before the slices, the
+// element-pass unrolling and the reductions' four loads in flight per thread
+// (strided_in_fours); those are compile-checked only until the next GPU run.
 #include <ATen/core/Tensor.h>
 #include <ATen/cuda/CUDAContext.h>
 #include <ATen/ops/empty.h>
@@ -37,6 +38,12 @@ constexpr int kBlock = 256;
 constexpr int kTileC = 32;  // channels per block (rows layout)
 constexpr int kTileR = 8;   // row lanes per block (rows layout)
 
+// d / n without the slow-path branch of IEEE float division, which kept the compiler
+// from issuing a thread's next loads ahead of it. n is a small count, where __fdividef
+// is within 2 ulp.
+__device__ __forceinline__ float welford_quotient(float d, float n) { return __fdividef(d, n); }
+__device__ __forceinline__ double welford_quotient(double d, double n) { return d / n; }
+
 // Per-thread Welford in float for float math, merged in double across threads.
 template <class S>
 struct ThreadWelford {
@@ -44,7 +51,7 @@ struct ThreadWelford {
   __device__ void add(S x) {
     n += S(1);
     const S d = x - mean;
-    mean += d / n;
+    mean += welford_quotient(d, n);
     m2 += d * (x - mean);
   }
 };
@@ -85,16 +92,31 @@ __device__ void block_sum2(double& a, double& b) {
 
 // ---------------------------------------------------------------- statistics
 
-// Calls f(j) for the elements j of channel c in slice blockIdx.y of gridDim.y: the
+// use(load(i)) for i = first, first + step, ... < end, in that order, with four loads
+// issued before their uses: a reduction's running sums would otherwise leave each thread
+// one load in flight. Same order as one at a time, so the same bits.
+template <class Load, class Use>
+__device__ __forceinline__ void strided_in_fours(int64_t i, int64_t end, int64_t step, Load&& load, Use&& use) {
+  for (; i + 3 * step < end; i += 4 * step) {
+    const auto v0 = load(i), v1 = load(i + step), v2 = load(i + 2 * step), v3 = load(i + 3 * step);
+    use(v0);
+    use(v1);
+    use(v2);
+    use(v3);
+  }
+  for (; i < end; i += step) use(load(i));
+}
+
+// use(load(j)) for the elements j of channel c in slice blockIdx.y of gridDim.y: the
 // channel's N planes of `inner` elements, cut into equal runs in plane order.
-template <class F>
-__device__ __forceinline__ void for_plane_slice(const Geom& g, int64_t c, F&& f) {
+template <class Load, class Use>
+__device__ __forceinline__ void for_plane_slice(const Geom& g, int64_t c, Load&& load, Use&& use) {
   const int64_t total = g.N * g.inner;
   const int64_t k0 = total * blockIdx.y / gridDim.y, k1 = total * (blockIdx.y + 1) / gridDim.y;
   for (int64_t n = k0 / g.inner; n < g.N && n * g.inner < k1; ++n) {
     const int64_t lo = max(k0 - n * g.inner, int64_t(0)), hi = min(k1 - n * g.inner, g.inner);
     const int64_t off = (n * g.C + c) * g.inner;
-    for (int64_t i = lo + threadIdx.x; i < hi; i += blockDim.x) f(off + i);
+    strided_in_fours(off + lo + threadIdx.x, off + hi, blockDim.x, load, use);
   }
 }
 
@@ -103,7 +125,8 @@ template <class T, class S>
 __global__ void stats_planes_partial_kernel(const T* __restrict__ x, Geom g, double* part) {
   const int64_t c = blockIdx.x;
   ThreadWelford<S> w;
-  for_plane_slice(g, c, [&](int64_t j) { w.add(static_cast<S>(x[j])); });
+  for_plane_slice(
+      g, c, [&](int64_t j) { return static_cast<S>(x[j]); }, [&](S v) { w.add(v); });
   double wn = w.n, wm = w.mean, w2 = w.m2;
   block_merge(wn, wm, w2);
   if (threadIdx.x == 0) {
@@ -122,7 +145,9 @@ __global__ void stats_rows_partial_kernel(const T* __restrict__ x, int64_t M, in
   const int64_t r0 = M * blockIdx.y / slices, r1 = M * (blockIdx.y + 1) / slices;
   ThreadWelford<S> w;
   if (c < C)
-    for (int64_t r = r0 + threadIdx.y; r < r1; r += kTileR) w.add(static_cast<S>(x[r * C + c]));
+    strided_in_fours(
+        r0 + threadIdx.y, r1, kTileR, [&](int64_t r) { return static_cast<S>(x[r * C + c]); },
+        [&](S v) { w.add(v); });
   __shared__ double sn[kTileR][kTileC], sm[kTileR][kTileC], s2[kTileR][kTileC];
   sn[threadIdx.y][threadIdx.x] = w.n;
   sm[threadIdx.y][threadIdx.x] = w.mean;
@@ -212,6 +237,12 @@ __device__ __forceinline__ S masked_dy(const T* dy, const T* out, I i) {
   return out ? bn_keep_if_pos(static_cast<S>(out[i]), d) : d;
 }
 
+// One element's masked grad_out and input, loaded together.
+template <class S>
+struct DyX {
+  S d, x;
+};
+
 // Partial sums (dy', dy' * (x - mean)) of channel blockIdx.x over slice blockIdx.y.
 template <class T, class S>
 __global__ void reduce_planes_partial_kernel(const T* __restrict__ dy, const T* __restrict__ x,
@@ -219,11 +250,12 @@ __global__ void reduce_planes_partial_kernel(const T* __restrict__ dy, const T* 
   const int64_t c = blockIdx.x;
   const S m = mean[c];
   S a = 0, b = 0;
-  for_plane_slice(g, c, [&](int64_t j) {
-    const S d = masked_dy<T, S>(dy, out, j);
-    a += d;
-    b += d * (static_cast<S>(x[j]) - m);
-  });
+  for_plane_slice(
+      g, c, [&](int64_t j) { return DyX<S>{masked_dy<T, S>(dy, out, j), static_cast<S>(x[j])}; },
+      [&](DyX<S> v) {
+        a += v.d;
+        b += v.d * (v.x - m);
+      });
   double da = a, db = b;
   block_sum2(da, db);
   if (threadIdx.x == 0) {
@@ -242,11 +274,13 @@ __global__ void reduce_rows_partial_kernel(const T* __restrict__ dy, const T* __
   S a = 0, b = 0;
   if (c < C) {
     const S m = mean[c];
-    for (int64_t r = r0 + threadIdx.y; r < r1; r += kTileR) {
-      const S d = masked_dy<T, S>(dy, out, r * C + c);
-      a += d;
-      b += d * (static_cast<S>(x[r * C + c]) - m);
-    }
+    strided_in_fours(
+        r0 + threadIdx.y, r1, kTileR,
+        [&](int64_t r) { return DyX<S>{masked_dy<T, S>(dy, out, r * C + c), static_cast<S>(x[r * C + c])}; },
+        [&](DyX<S> v) {
+          a += v.d;
+          b += v.d * (v.x - m);
+        });
   }
   __shared__ double sa[kTileR][kTileC], sb[kTileR][kTileC];
   sa[threadIdx.y][threadIdx.x] = a;

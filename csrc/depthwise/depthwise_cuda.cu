@@ -10,7 +10,8 @@
 // by a second kernel, so they are deterministic. Element indices are 32-bit where the
 // tensor allows. After the H200 run, the grad_weight partials of kernels up to 5x5
 // take one walk for all taps (same bits), in channels_last with a warp across channels
-// (weight_grad_partial_cl_kernel), and the element passes 32-bit indices:
+// (weight_grad_partial_cl_kernel), and the element passes 32-bit indices; the
+// grad_weight walks step positions without divisions (PositionWalk, depthwise_math.h):
 // compile-checked only until the next GPU run.
 #include <ATen/core/Tensor.h>
 #include <ATen/ops/sum.h>
@@ -85,6 +86,20 @@ __global__ void input_grad_kernel(const T* __restrict__ go, const T* __restrict_
   }
 }
 
+// (t / KW, t % KW) of taps t < Kmax, without divisions: inside a position loop they were
+// 64-bit divisions per tap and position (the compiler cannot hoist a division by a
+// runtime value out of a loop that might not run).
+template <int Kmax>
+__device__ __forceinline__ void tap_coords(const Geom& g, int64_t (&ti)[Kmax], int64_t (&tj)[Kmax]) {
+  int64_t i = 0, j = 0;
+#pragma unroll
+  for (int t = 0; t < Kmax; ++t) {
+    ti[t] = i;
+    tj[t] = j;
+    if (++j == g.KW) j = 0, ++i;
+  }
+}
+
 // weight_grad_partial_kernel for kernels of at most Kmax taps: one walk over the
 // block's positions feeds every tap's sum and the bias's (registers), instead of one
 // walk per tap. Each thread adds the same terms in the same order, and the tree is the
@@ -98,12 +113,19 @@ __global__ void weight_grad_partial_taps_kernel(const T* __restrict__ in, const 
   Acc acc[Kmax + 1];
 #pragma unroll
   for (int t = 0; t <= Kmax; ++t) acc[t] = Acc(0);
-  for (int64_t pos = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; pos < positions; pos += B * blockDim.x) {
-    const int64_t ow = pos % g.OW, oh = (pos / g.OW) % g.OH, n = pos / (g.OW * g.OH);
+  int64_t ti[Kmax], tj[Kmax];
+  tap_coords<Kmax>(g, ti, tj);
+  const T* in_c = in + in_channel(g, o) * is.c;
+  const T* go_o = go + o * gs.c;
+  const int64_t step = B * blockDim.x;
+  int64_t pos = blockIdx.x * int64_t(blockDim.x) + threadIdx.x;
+  for (PositionWalk p = position_walk(g, pos, step); pos < positions; pos += step, advance(p)) {
+    const Acc dy = to_acc<Acc>(go_o[p.n * gs.n + p.oh * gs.h + p.ow * gs.w]);
+    const T* plane = in_c + p.n * is.n;
 #pragma unroll
     for (int t = 0; t < Kmax; ++t)
-      if (t < K) acc[t] += weight_grad_term<Acc>(in, is, go, gs, g, n, o, oh, ow, t / g.KW, t % g.KW);
-    acc[Kmax] += to_acc<Acc>(go[n * gs.n + o * gs.c + oh * gs.h + ow * gs.w]);
+      if (t < K) acc[t] += weight_grad_term<Acc>(dy, plane, is, g, p.oh, p.ow, ti[t], tj[t]);
+    acc[Kmax] += dy;
   }
 #pragma unroll
   for (int t = 0; t <= Kmax; ++t) {
@@ -129,14 +151,15 @@ __global__ void weight_grad_partial_kernel(const T* __restrict__ in, const T* __
                                            Geom g, Strides4 is, Strides4 gs, int64_t positions) {
   __shared__ Acc red[kThreads];
   const int64_t o = blockIdx.y, B = gridDim.x, K = num_taps(g);
+  const T* in_c = in + in_channel(g, o) * is.c;
+  const T* go_o = go + o * gs.c;
   for (int64_t t = 0; t <= K; ++t) {
     Acc acc = Acc(0);
-    for (int64_t pos = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; pos < positions; pos += B * blockDim.x) {
-      const int64_t ow = pos % g.OW, oh = (pos / g.OW) % g.OH, n = pos / (g.OW * g.OH);
-      if (t < K)
-        acc += weight_grad_term<Acc>(in, is, go, gs, g, n, o, oh, ow, t / g.KW, t % g.KW);
-      else
-        acc += to_acc<Acc>(go[n * gs.n + o * gs.c + oh * gs.h + ow * gs.w]);
+    const int64_t step = B * blockDim.x, i = t / g.KW, j = t % g.KW;
+    int64_t pos = blockIdx.x * int64_t(blockDim.x) + threadIdx.x;
+    for (PositionWalk p = position_walk(g, pos, step); pos < positions; pos += step, advance(p)) {
+      const Acc dy = to_acc<Acc>(go_o[p.n * gs.n + p.oh * gs.h + p.ow * gs.w]);
+      acc += t < K ? weight_grad_term<Acc>(dy, in_c + p.n * is.n, is, g, p.oh, p.ow, i, j) : dy;
     }
     red[threadIdx.x] = acc;
     __syncthreads();
@@ -174,18 +197,19 @@ __global__ void weight_grad_partial_cl_kernel(const T* __restrict__ in, const T*
   Acc acc[Kmax + 1];
 #pragma unroll
   for (int t = 0; t <= Kmax; ++t) acc[t] = Acc(0);
+  int64_t ti[Kmax], tj[Kmax];
+  tap_coords<Kmax>(g, ti, tj);
   if (o < O) {  // no return: every thread reaches the barriers below
+    const T* in_c = in + in_channel(g, o) * is.c;
+    const T* go_o = go + o * gs.c;
     int64_t pos = positions * b / B + threadIdx.y;
-    int64_t ow = pos % g.OW, oh = (pos / g.OW) % g.OH, n = pos / (g.OW * g.OH);
-    for (; pos < p1; pos += kClLanes) {
+    for (PositionWalk p = position_walk(g, pos, kClLanes); pos < p1; pos += kClLanes, advance(p)) {
+      const Acc dy = to_acc<Acc>(go_o[p.n * gs.n + p.oh * gs.h + p.ow * gs.w]);
+      const T* plane = in_c + p.n * is.n;
 #pragma unroll
       for (int t = 0; t < Kmax; ++t)
-        if (t < K) acc[t] += weight_grad_term<Acc>(in, is, go, gs, g, n, o, oh, ow, t / g.KW, t % g.KW);
-      acc[Kmax] += to_acc<Acc>(go[n * gs.n + o * gs.c + oh * gs.h + ow * gs.w]);
-      for (ow += kClLanes; ow >= g.OW;) {  // the next position of this lane, without divisions
-        ow -= g.OW;
-        if (++oh == g.OH) oh = 0, ++n;
-      }
+        if (t < K) acc[t] += weight_grad_term<Acc>(dy, plane, is, g, p.oh, p.ow, ti[t], tj[t]);
+      acc[Kmax] += dy;
     }
   }
 #pragma unroll

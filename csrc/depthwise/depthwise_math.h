@@ -32,6 +32,10 @@ struct Strides4 {
 namespace {
 
 FO_HD int64_t num_out_channels(const Geom& g) { return g.C * g.M; }
+
+// Input channel of output channel o. Depth multiplier 1 takes no division: in a GPU
+// thread's tap loop, a 64-bit division per tap outweighed the tap.
+FO_HD int64_t in_channel(const Geom& g, int64_t o) { return g.M == 1 ? o : o / g.M; }
 FO_HD int64_t num_taps(const Geom& g) { return g.KH * g.KW; }
 
 // Output extent along one axis; <= 0 means the padded input is smaller than the kernel.
@@ -43,12 +47,47 @@ FO_HD int64_t out_extent(int64_t in, int64_t k, int64_t s, int64_t d, int64_t pa
 // Input coordinate read by tap t of output coordinate o (may fall in the padding).
 FO_HD int64_t tap_source(int64_t o, int64_t t, int64_t s, int64_t d, int64_t pad_lo) { return o * s - pad_lo + t * d; }
 
-// Output coordinate whose tap t reads input coordinate i, or -1 if none does.
+// Output coordinate whose tap t reads input coordinate i, or -1 if none does. Strides
+// 1 and 2 (nearly every layer) take no division: on a GPU, the 64-bit divisions of a
+// 3x3 input-grad element cost more than all its loads and multiplies.
 FO_HD int64_t tap_target(int64_t i, int64_t t, int64_t s, int64_t d, int64_t pad_lo, int64_t out_n) {
   const int64_t num = i + pad_lo - t * d;
-  if (num < 0 || num % s != 0) return -1;
-  const int64_t o = num / s;
+  if (num < 0) return -1;
+  int64_t o;
+  if (s == 1) {
+    o = num;
+  } else if (s == 2) {
+    if (num & 1) return -1;
+    o = num >> 1;
+  } else {
+    if (num % s != 0) return -1;
+    o = num / s;
+  }
   return o < out_n ? o : -1;
+}
+
+// The (n, oh, ow) of the output positions pos, pos + step, pos + 2 * step, ... (flat
+// index n * OH * OW + oh * OW + ow), stepped without a division: the step's own
+// decomposition is added with carries. For the CUDA grad_weight walks, where 64-bit
+// divisions per position cost more than a 3x3 tap loop.
+struct PositionWalk {
+  int64_t n, oh, ow;     // the current position
+  int64_t dn, doh, dow;  // the step, decomposed the same way
+  int64_t OH, OW;
+};
+
+FO_HD PositionWalk position_walk(const Geom& g, int64_t pos, int64_t step) {
+  const int64_t plane = g.OH * g.OW;
+  return {pos / plane, (pos / g.OW) % g.OH, pos % g.OW, step / plane, (step / g.OW) % g.OH, step % g.OW, g.OH, g.OW};
+}
+
+// One step. ow + dow < 2 * OW and oh + doh + 1 < 2 * OH, so one carry each suffices.
+FO_HD void advance(PositionWalk& p) {
+  p.ow += p.dow;
+  p.oh += p.doh;
+  p.n += p.dn;
+  if (p.ow >= p.OW) p.ow -= p.OW, ++p.oh;
+  if (p.oh >= p.OH) p.oh -= p.OH, ++p.n;
 }
 
 template <class Acc, class T>
@@ -88,7 +127,7 @@ FO_HD void for_output_taps(const Geom& g, int64_t ih, int64_t iw, const F& f) {
 template <class Acc, class T>
 FO_HD Acc forward_element(const T* in, const Strides4& is, const T* w, const Geom& g, int64_t n, int64_t o, int64_t oh,
                           int64_t ow) {
-  const T* plane = in + n * is.n + (o / g.M) * is.c;
+  const T* plane = in + n * is.n + in_channel(g, o) * is.c;
   const T* wo = w + o * num_taps(g);
   Acc acc = Acc(0);
   for_input_taps(g, oh, ow, [&](int64_t i, int64_t j, int64_t ih, int64_t iw) {
@@ -113,16 +152,16 @@ FO_HD Acc input_grad_element(const T* go, const Strides4& gs, const T* w, const 
   return acc;
 }
 
-// The term of output position (n, oh, ow) in grad_weight[o, 0, i, j]: grad_out * the
-// input that tap (i, j) read there (0 in the padding).
+// The term of output position (n, oh, ow) in grad_weight[o, 0, i, j]: dy, grad_out
+// there, times the input that tap (i, j) read (0 in the padding). plane: the input's
+// (n, in_channel(o)) plane. dy and the plane are the same for every tap of a position.
 template <class Acc, class T>
-FO_HD Acc weight_grad_term(const T* in, const Strides4& is, const T* go, const Strides4& gs, const Geom& g, int64_t n,
-                           int64_t o, int64_t oh, int64_t ow, int64_t i, int64_t j) {
+FO_HD Acc weight_grad_term(Acc dy, const T* plane, const Strides4& is, const Geom& g, int64_t oh, int64_t ow,
+                           int64_t i, int64_t j) {
   const int64_t ih = tap_source(oh, i, g.SH, g.DH, g.PT);
   const int64_t iw = tap_source(ow, j, g.SW, g.DW, g.PL);
   if (ih < 0 || ih >= g.H || iw < 0 || iw >= g.W) return Acc(0);
-  return to_acc<Acc>(go[n * gs.n + o * gs.c + oh * gs.h + ow * gs.w]) *
-         to_acc<Acc>(in[n * is.n + (o / g.M) * is.c + ih * is.h + iw * is.w]);
+  return dy * to_acc<Acc>(plane[ih * is.h + iw * is.w]);
 }
 
 }  // namespace
