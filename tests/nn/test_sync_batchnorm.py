@@ -1,9 +1,8 @@
 """fusedopt.nn.SyncBatchNorm: two gloo processes on the CPU against one process with
 plain batch norm on the concatenated batch (torch's and the float64 reference)."""
+import datetime
 import os
-import socket
 import tempfile
-from datetime import timedelta
 
 import pytest
 import torch
@@ -21,12 +20,6 @@ WORLD = 2
 SPLIT = (5, 3)
 
 
-def _free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def _data(channels_last):
     g = torch.Generator().manual_seed(0)
     x = torch.randn(sum(SPLIT), 4, 6, 5, generator=g) * 2 + 3
@@ -36,11 +29,11 @@ def _data(channels_last):
     return x, dy
 
 
-def _worker(rank, port, out_dir, channels_last):
-    os.environ["MASTER_ADDR"] = "127.0.0.1"
-    os.environ["MASTER_PORT"] = str(port)
+def _worker(rank, out_dir, channels_last):
+    # A rendezvous file rather than a free port, which another process can take first.
     torch.set_num_threads(1)
-    dist.init_process_group("gloo", rank=rank, world_size=WORLD, timeout=timedelta(seconds=60))
+    dist.init_process_group("gloo", init_method="file://" + os.path.join(out_dir, "rendezvous"), rank=rank,
+                            world_size=WORLD, timeout=datetime.timedelta(seconds=60))
     try:
         x, dy = _data(channels_last)
         lo = sum(SPLIT[:rank])
@@ -60,7 +53,7 @@ def _worker(rank, port, out_dir, channels_last):
 @pytest.mark.parametrize("channels_last", [False, True])
 def test_two_process_gloo_matches_single_process(channels_last):
     with tempfile.TemporaryDirectory() as d:
-        ctx = mp.start_processes(_worker, args=(_free_port(), d, channels_last), nprocs=WORLD, join=False,
+        ctx = mp.start_processes(_worker, args=(d, channels_last), nprocs=WORLD, join=False,
                                  start_method="spawn")
         for _ in range(120):  # bounded wait: 120 s
             if ctx.join(timeout=1):
