@@ -319,6 +319,43 @@ def test_gradcheck_float64(case, channels_last, device):
     assert torch.autograd.gradcheck(lambda x, w, b: depthwise_conv2d(x, w, b, s, p, d), (x, w, b))
 
 
+@pytest.mark.parametrize("channels_last", [False, True], ids=["nchw", "channels_last"])
+@pytest.mark.parametrize("case", [CASES[1], CASES[9], CASES[13], CASES[18]], ids=case_id)
+@pytest.mark.parametrize("bias", [True, False], ids=["bias", "no_bias"])
+def test_gradgradcheck_float64(case, channels_last, bias, device):
+    # Double backward runs our ops again (csrc/depthwise/depthwise_autograd.cpp).
+    x, w, b, s, p, d = make(case, torch.float64, device, channels_last, bias=bias)
+    leaves = [t.detach().requires_grad_() for t in (x, w, b) if t is not None]
+    fn = (lambda x, w, b: depthwise_conv2d(x, w, b, s, p, d)) if bias else (
+        lambda x, w: depthwise_conv2d(x, w, None, s, p, d))
+    assert torch.autograd.gradgradcheck(fn, leaves)
+
+
+def test_gradient_penalty_matches_torch():
+    # A second derivative as training code takes it: the norm of the input gradient.
+    x, w, b, s, p, d = make(CASES[3], torch.float64, seed=4)
+    grads = []
+    for conv in (lambda x, w, b: depthwise_conv2d(x, w, b, s, p, d),
+                 lambda x, w, b: F.conv2d(x, w, b, s, p, d, groups=x.shape[1])):
+        xl, wl, bl = (t.detach().clone().requires_grad_() for t in (x, w, b))
+        (gx,) = torch.autograd.grad(conv(xl, wl, bl).square().sum(), [xl], create_graph=True)
+        grads.append(torch.autograd.grad(gx.square().sum(), [xl, wl, bl], allow_unused=True))
+    for a, e in zip(*grads):
+        close(a, e, 1e-10, "gradient penalty grad")
+
+
+def test_fused_separable_refuses_double_backward():
+    x, dw, pw, b = (t.requires_grad_() for t in separable_case())
+    y = OPS.depthwise_separable_conv2d(x, dw, pw, b, [1, 1], [1, 1, 1, 1], [1, 1])
+    (gx,) = torch.autograd.grad(y.square().sum(), [x], create_graph=True)
+    with pytest.raises(RuntimeError, match="fused=False"):
+        gx.sum().backward()
+    y = depthwise_separable_conv2d(x, dw, pw, b, padding=1, fused=False)
+    (gx,) = torch.autograd.grad(y.square().sum(), [x], create_graph=True)
+    gx.sum().backward()  # the unfused path has a second derivative
+    assert dw.grad is not None and dw.grad.abs().sum() > 0
+
+
 def test_only_some_grads():
     x, w, b, s, p, d = make(CASES[1])
     x.requires_grad_()
