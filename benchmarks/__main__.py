@@ -1,6 +1,6 @@
 """python -m benchmarks: fusedopt against stock torch, with a summary table and plots.
 
-    python -m benchmarks [--quick] [--device cpu|cuda] [--only optim|bn|dw|scaling] [--out DIR] [--fresh-pages]
+    python -m benchmarks [--quick] [--device cpu|cuda] [--only optim|bn|dw|overhead|scaling] [--out DIR] [--fresh-pages]
 
 Every family runs on every device present. A device that is absent, or a family whose
 kernels were not built, appears in the table as a skipped row with its reason. CPU
@@ -23,7 +23,7 @@ from .progress import Progress
 from .timing import stream_bandwidth, time_interleaved
 
 # --only name -> module with cases(quick, device) and run_case(case, timer).
-FAMILIES = {"optim": "optim", "bn": "batchnorm", "dw": "depthwise", "scaling": "scaling"}
+FAMILIES = {"optim": "optim", "bn": "batchnorm", "dw": "depthwise", "overhead": "overhead", "scaling": "scaling"}
 
 
 def _device_name(device):

@@ -62,7 +62,7 @@ grep -E "^(FAILED|ERROR)" "$dest/pytest_cuda.txt" | head -n 40 | tee -a "$LOG"
 tail -n 1 "$dest/pytest_cuda.txt" | tee -a "$LOG"
 
 log "benchmarks"
-timeout "$(left 200)" "$PY" -m benchmarks --device cuda --only optim --only bn --only dw --out "$dest" \
+timeout "$(left 200)" "$PY" -m benchmarks --device cuda --only optim --only bn --only dw --only overhead --out "$dest" \
   >"$dest/benchmarks.txt" 2>&1
 echo "benchmarks exit $?" | tee -a "$LOG"
 sed -n '/^|/,$p' "$dest/benchmarks.txt" | tee -a "$LOG"

@@ -11,7 +11,6 @@
 #include <ATen/core/Tensor.h>
 #include <ATen/ops/empty.h>
 #include <ATen/ops/empty_like.h>
-#include <ATen/ops/zeros.h>
 #include <c10/util/Exception.h>
 
 #include <array>
@@ -271,16 +270,21 @@ struct Ops {
     const Prepared p = prepare_input(input, op);
     const typename B::Guard guard(p.x);
     const auto [dy, m, v, out, w] = grad_args(p, grad_out, weight, mean, var, output, relu, eps, op);
-    // Separate tensors: outputs of an op must not alias each other.
-    at::Tensor sdy = at::zeros({p.g.C}, m.options().dtype(c10::kDouble));
-    at::Tensor sdx = at::zeros({p.g.C}, m.options().dtype(c10::kDouble));
-    at::Tensor gw64 = at::zeros({p.g.C}, m.options().dtype(c10::kDouble));
+    // Separate tensors: outputs of an op must not alias each other. The kernels write
+    // every sum that is returned (want_sums whenever grad_weight or grad_bias is asked
+    // for); only an empty batch needs zeros.
+    at::Tensor sdy = channel_empty(p, c10::kDouble), sdx = channel_empty(p, c10::kDouble);
+    at::Tensor gw64 = channel_empty(p, c10::kDouble);
     at::Tensor dx = mask[0] ? B::output(p) : at::Tensor();
     at::Tensor dres = mask[3] ? B::output(p) : at::Tensor();
-    if (p.g.C > 0 && p.x.numel() > 0)
+    if (p.g.C > 0 && p.x.numel() > 0) {
       B::backward(p, dy, relu ? &out : nullptr, w, m, v, training, eps, training || mask[1] || mask[2],
                   sdy.data_ptr<double>(), sdx.data_ptr<double>(), mask[1] ? gw64.data_ptr<double>() : nullptr,
                   mask[0] ? &dx : nullptr, mask[3] ? &dres : nullptr);
+    } else {
+      sdy.zero_();
+      gw64.zero_();
+    }
     const auto param_dtype = weight.has_value() && weight->defined() ? weight->scalar_type() : p.acc;
     return {mask[0] ? dx : not_requested(p.x), mask[1] ? gw64.to(param_dtype) : not_requested(m),
             mask[2] ? sdy.to(param_dtype) : not_requested(m), mask[3] ? dres : not_requested(p.x)};
@@ -306,9 +310,8 @@ struct Ops {
     const at::Tensor dy = like_input(grad_out, p, op, "grad_out");
     const at::Tensor m = channel_param(mean, p, op, "mean");
     const at::Tensor out = output_like(output, p, op);
-    at::Tensor sdy = at::zeros({p.g.C}, m.options().dtype(c10::kDouble));
-    at::Tensor sdx = at::zeros({p.g.C}, m.options().dtype(c10::kDouble));
-    if (p.x.numel() == 0 || p.g.C == 0) return {sdy, sdx};
+    at::Tensor sdy = channel_empty(p, c10::kDouble), sdx = channel_empty(p, c10::kDouble);
+    if (p.x.numel() == 0 || p.g.C == 0) return {sdy.zero_(), sdx.zero_()};
     B::reduce(p, dy, out.defined() ? &out : nullptr, m, sdy.data_ptr<double>(), sdx.data_ptr<double>());
     return {sdy, sdx};
   }

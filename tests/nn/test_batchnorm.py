@@ -383,6 +383,22 @@ def test_zero_size_batch_matches_torch():
     assert int(fused.num_batches_tracked) == int(ref.num_batches_tracked)
 
 
+def test_ops_on_an_empty_batch_give_zero_sums():
+    # The ops allocate their per-channel sums uninitialised and write them in the
+    # kernels; an empty batch runs no kernel, so the op must zero them itself. Freed
+    # NaN-filled blocks first make stale memory likely to come back.
+    c = 67
+    for _ in range(8):
+        torch.full((c,), float("nan"), dtype=torch.float64)  # freed at once
+    x = torch.randn(0, c, 3, 3)
+    m, v, w = torch.randn(c), torch.rand(c) + 0.5, torch.randn(c)
+    gi, gw, gb, _ = ops.batch_norm_backward(x, x, w, m, v, None, False, True, 1e-5, [True, True, True, False])
+    assert gi.shape == x.shape
+    assert torch.equal(gw, torch.zeros(c)) and torch.equal(gb, torch.zeros(c))
+    sdy, sdx = ops.batch_norm_backward_reduce(x, x, m, None)
+    assert torch.equal(sdy, torch.zeros(c, dtype=torch.float64)) and torch.equal(sdx, torch.zeros(c, dtype=torch.float64))
+
+
 def test_non_contiguous_input():
     torch.manual_seed(7)
     base = torch.randn(4, 6, 10, 12)
