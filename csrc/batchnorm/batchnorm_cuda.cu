@@ -11,9 +11,13 @@
 // Element passes are grid-stride loops, 32-bit indices where the tensor allows (the
 // channel of an element costs a division), four elements per thread in flight.
 //
+// A training forward is three launches (partials, merge + coefficients, element pass),
+// a training backward three more, plus the float32 casts of grad_weight and grad_bias.
+//
 // Tested on an H200 (benchmarks/results/NVIDIA_H200) before the slices, the
-// element-pass unrolling and the reductions' four loads in flight per thread
-// (strided_in_fours); those are compile-checked only until the next GPU run.
+// element-pass unrolling, the reductions' four loads in flight per thread
+// (strided_in_fours) and the coefficients folded into the merge kernels; those are
+// compile-checked only until the next GPU run.
 #include <ATen/core/Tensor.h>
 #include <ATen/cuda/CUDAContext.h>
 #include <ATen/ops/empty.h>
@@ -163,8 +167,20 @@ __global__ void stats_rows_partial_kernel(const T* __restrict__ x, int64_t M, in
   }
 }
 
+// The element pass's coefficients of a training forward, written by the merge kernel
+// (one launch fewer). scale == nullptr: statistics only.
 template <class S>
-__global__ void stats_rows_final_kernel(const double* part, int slices, int64_t C, S* mean, S* var) {
+struct CoeffOut {
+  const S* w;
+  const S* b;
+  double eps;
+  S* scale;
+  S* bias;
+};
+
+template <class S>
+__global__ void stats_rows_final_kernel(const double* part, int slices, int64_t C, S* mean, S* var,
+                                        CoeffOut<S> out) {
   const int64_t c = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
   if (c >= C) return;
   double n = 0, m = 0, m2 = 0;
@@ -174,6 +190,11 @@ __global__ void stats_rows_final_kernel(const double* part, int slices, int64_t 
   }
   mean[c] = static_cast<S>(m);
   var[c] = static_cast<S>(biased_var(n, m2));
+  if (out.scale != nullptr) {  // from the stored (S) statistics, as fwd_coeffs_kernel
+    const FwdCoeffs<S> k = fwd_coeffs<S>(mean[c], var[c], out.w, out.b, c, out.eps);
+    out.scale[c] = k.scale;
+    out.bias[c] = k.bias;
+  }
 }
 
 // ---------------------------------------------------------------- forward element pass
@@ -298,7 +319,33 @@ __global__ void reduce_rows_partial_kernel(const T* __restrict__ dy, const T* __
   }
 }
 
-__global__ void reduce_rows_final_kernel(const double* part, int slices, int64_t C, double* sum_dy, double* sum_dy_xmu) {
+// The element pass's per-channel coefficients (a {3, C} table: mean_dy, k, a rows) and
+// grad_weight (float64, when gw is set) from a channel's sums.
+template <class S>
+struct BwdCoeffArgs {
+  const S* mean;
+  const S* var;
+  const S* w;
+  int64_t C;
+  double count;
+  bool training;
+  double eps;
+  S* table;  // nullptr: the sums only
+  double* gw;
+
+  __device__ void write(int64_t c, double sd, double sx) const {
+    const BwdCoeffs<S> q = bwd_coeffs<S>(mean[c], var[c], w, c, sd, sx, count, training, eps);
+    table[c] = q.mean_dy;
+    table[C + c] = q.k;
+    table[2 * C + c] = q.a;
+    if (gw) gw[c] = grad_weight(sx, static_cast<double>(var[c]), eps);
+  }
+};
+
+// Merges the slices' sums; with q.table, also the coefficients (one launch fewer).
+template <class S>
+__global__ void reduce_rows_final_kernel(const double* part, int slices, int64_t C, double* sum_dy, double* sum_dy_xmu,
+                                         BwdCoeffArgs<S> q) {
   const int64_t c = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
   if (c >= C) return;
   double a = 0, b = 0;
@@ -308,21 +355,15 @@ __global__ void reduce_rows_final_kernel(const double* part, int slices, int64_t
   }
   sum_dy[c] = a;
   sum_dy_xmu[c] = b;
+  if (q.table != nullptr) q.write(c, a, b);
 }
 
-// Element-pass coefficients and grad_weight (double) per channel.
+// The coefficients from given sums (or none: eval mode, where they are not used).
 template <class S>
-__global__ void bwd_coeffs_kernel(const S* mean, const S* var, const S* w, const double* sum_dy,
-                                  const double* sum_dy_xmu, int64_t C, double count, bool training, double eps,
-                                  S* mean_dy, S* k, S* a, double* gw) {
+__global__ void bwd_coeffs_kernel(const double* sum_dy, const double* sum_dy_xmu, BwdCoeffArgs<S> q) {
   const int64_t c = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
-  if (c >= C) return;
-  const double sd = sum_dy ? sum_dy[c] : 0.0, sx = sum_dy_xmu ? sum_dy_xmu[c] : 0.0;
-  const BwdCoeffs<S> q = bwd_coeffs<S>(mean[c], var[c], w, c, sd, sx, count, training, eps);
-  mean_dy[c] = q.mean_dy;
-  k[c] = q.k;
-  a[c] = q.a;
-  if (gw) gw[c] = grad_weight(sx, static_cast<double>(var[c]), eps);
+  if (c >= q.C) return;
+  q.write(c, sum_dy ? sum_dy[c] : 0.0, sum_dy_xmu ? sum_dy_xmu[c] : 0.0);
 }
 
 template <class T, class S, class I>
@@ -373,8 +414,10 @@ int row_slices(const Geom& g) { return slices_for((g.C + kTileC - 1) / kTileC, g
 // Blocks of an element pass (kUnroll elements per thread per step).
 unsigned element_blocks(int64_t numel) { return blocks_for(numel, int64_t(kBlock) * kUnroll); }
 
-// mean/var (S) of the prepared input.
-void stats_into(const Prepared& p, at::Tensor& mean, at::Tensor& var) {
+// mean/var (S) of the prepared input. With coeffs ({2, C} of S), also the element pass's
+// scale and bias rows, from w, b and eps, in the same launch as the merge.
+void stats_into(const Prepared& p, at::Tensor& mean, at::Tensor& var, const OptTensor& w = std::nullopt,
+                const OptTensor& b = std::nullopt, double eps = 0.0, at::Tensor* coeffs = nullptr) {
   dispatch_dtype(p.x.scalar_type(), [&](auto t, auto s) {
     using T = decltype(t);
     using S = decltype(s);
@@ -390,35 +433,69 @@ void stats_into(const Prepared& p, at::Tensor& mean, at::Tensor& var) {
       stats_planes_partial_kernel<T, S><<<grid, kBlock, 0, stream()>>>(x, p.g, part.data_ptr<double>());
     }
     C10_CUDA_KERNEL_LAUNCH_CHECK();
+    CoeffOut<S> out{w ? w->data_ptr<S>() : nullptr, b ? b->data_ptr<S>() : nullptr, eps, nullptr, nullptr};
+    if (coeffs != nullptr) {
+      out.scale = coeffs->data_ptr<S>();
+      out.bias = out.scale + p.g.C;
+    }
     stats_rows_final_kernel<S><<<blocks_for(p.g.C), kBlock, 0, stream()>>>(part.data_ptr<double>(), slices, p.g.C,
-                                                                         mean.data_ptr<S>(), var.data_ptr<S>());
+                                                                         mean.data_ptr<S>(), var.data_ptr<S>(), out);
     C10_CUDA_KERNEL_LAUNCH_CHECK();
   });
 }
 
-void normalise(const Prepared& p, const at::Tensor& mean, const at::Tensor& var, const OptTensor& w,
-               const OptTensor& b, const OptTensor& r, bool relu, double eps, at::Tensor& y) {
-  at::Tensor coeffs = at::empty({2, p.g.C}, mean.options());
+// y = relu?(x * scale + bias + residual?), coeffs = the {2, C} scale and bias rows.
+void normalise_with(const Prepared& p, const at::Tensor& mean, const at::Tensor& coeffs, const OptTensor& r,
+                    bool relu, at::Tensor& y) {
   dispatch_dtype(p.x.scalar_type(), [&](auto t, auto s) {
     using T = decltype(t);
     using S = decltype(s);
-    S* scale = coeffs.data_ptr<S>();
-    S* bias = scale + p.g.C;
-    fwd_coeffs_kernel<S><<<blocks_for(p.g.C), kBlock, 0, stream()>>>(
-        mean.data_ptr<S>(), var.data_ptr<S>(), w ? w->data_ptr<S>() : nullptr, b ? b->data_ptr<S>() : nullptr, p.g.C,
-        eps, scale, bias);
-    C10_CUDA_KERNEL_LAUNCH_CHECK();
+    const S* scale = coeffs.data_ptr<S>();
     launch_indexed(p.x.numel(), [&](auto numel) {
       apply_kernel<T, S, decltype(numel)><<<element_blocks(numel), kBlock, 0, stream()>>>(
           static_cast<const T*>(p.x.data_ptr()), static_cast<T*>(y.data_ptr()),
-          r ? static_cast<const T*>(r->data_ptr()) : nullptr, relu, p.g, numel, mean.data_ptr<S>(), scale, bias);
+          r ? static_cast<const T*>(r->data_ptr()) : nullptr, relu, p.g, numel, mean.data_ptr<S>(), scale,
+          scale + p.g.C);
     });
   });
 }
 
-// Per-channel sums of dy' and dy' * (x - mean), float64.
+// The forward with given statistics (eval): coefficients, then the element pass.
+void normalise(const Prepared& p, const at::Tensor& mean, const at::Tensor& var, const OptTensor& w,
+               const OptTensor& b, const OptTensor& r, bool relu, double eps, at::Tensor& y) {
+  at::Tensor coeffs = at::empty({2, p.g.C}, mean.options());
+  dispatch_dtype(p.x.scalar_type(), [&](auto, auto s) {
+    using S = decltype(s);
+    S* scale = coeffs.data_ptr<S>();
+    fwd_coeffs_kernel<S><<<blocks_for(p.g.C), kBlock, 0, stream()>>>(
+        mean.data_ptr<S>(), var.data_ptr<S>(), w ? w->data_ptr<S>() : nullptr, b ? b->data_ptr<S>() : nullptr, p.g.C,
+        eps, scale, scale + p.g.C);
+    C10_CUDA_KERNEL_LAUNCH_CHECK();
+  });
+  normalise_with(p, mean, coeffs, r, relu, y);
+}
+
+// What the element pass needs besides the tensors, for BwdCoeffArgs.
+struct CoeffRequest {
+  const OptTensor* w;
+  const at::Tensor* var;
+  double count;
+  bool training;
+  double eps;
+  double* gw;
+  at::Tensor* table;  // {3, C} of the statistics' dtype, written
+};
+
+template <class S>
+BwdCoeffArgs<S> coeff_args(const Prepared& p, const at::Tensor& mean, const CoeffRequest& r) {
+  return {mean.data_ptr<S>(), r.var->data_ptr<S>(), *r.w ? (*r.w)->data_ptr<S>() : nullptr, p.g.C, r.count,
+          r.training, r.eps, r.table->data_ptr<S>(), r.gw};
+}
+
+// Per-channel sums of dy' and dy' * (x - mean), float64; with req, the element pass's
+// coefficients too.
 void reduce_into(const Prepared& p, const at::Tensor& dy, const at::Tensor* out, const at::Tensor& mean, double* sum_dy,
-                 double* sum_dy_xmu) {
+                 double* sum_dy_xmu, const CoeffRequest* req = nullptr) {
   dispatch_dtype(p.x.scalar_type(), [&](auto t, auto s) {
     using T = decltype(t);
     using S = decltype(s);
@@ -438,34 +515,37 @@ void reduce_into(const Prepared& p, const at::Tensor& dy, const at::Tensor* out,
                                                                         part.data_ptr<double>());
     }
     C10_CUDA_KERNEL_LAUNCH_CHECK();
-    reduce_rows_final_kernel<<<blocks_for(p.g.C), kBlock, 0, stream()>>>(part.data_ptr<double>(), slices, p.g.C, sum_dy,
-                                                                       sum_dy_xmu);
+    const BwdCoeffArgs<S> q = req ? coeff_args<S>(p, mean, *req) : BwdCoeffArgs<S>{};
+    reduce_rows_final_kernel<S><<<blocks_for(p.g.C), kBlock, 0, stream()>>>(part.data_ptr<double>(), slices, p.g.C,
+                                                                          sum_dy, sum_dy_xmu, q);
     C10_CUDA_KERNEL_LAUNCH_CHECK();
   });
 }
 
-// Coefficients (and grad_weight when gw is given), then the element pass.
-void elemt_into(const Prepared& p, const at::Tensor& dy, const at::Tensor* out, const OptTensor& w,
-                const at::Tensor& mean, const at::Tensor& var, const double* sum_dy, const double* sum_dy_xmu,
-                double count, bool training, double eps, double* gw, at::Tensor* dx, at::Tensor* dres) {
-  at::Tensor coeffs = at::empty({3, p.g.C}, mean.options());
+// The coefficients from given sums (null: none), into req's table.
+void coeffs_into(const Prepared& p, const at::Tensor& mean, const double* sum_dy, const double* sum_dy_xmu,
+                 const CoeffRequest& req) {
+  dispatch_dtype(p.x.scalar_type(), [&](auto, auto s) {
+    using S = decltype(s);
+    bwd_coeffs_kernel<S><<<blocks_for(p.g.C), kBlock, 0, stream()>>>(sum_dy, sum_dy_xmu, coeff_args<S>(p, mean, req));
+    C10_CUDA_KERNEL_LAUNCH_CHECK();
+  });
+}
+
+// The element pass: dx (and dres, the masked dy) from a {3, C} coefficient table.
+void elemt_pass(const Prepared& p, const at::Tensor& dy, const at::Tensor* out, const at::Tensor& mean,
+                const at::Tensor& table, at::Tensor* dx, at::Tensor* dres) {
+  if ((!dx && !dres) || p.x.numel() == 0) return;
   dispatch_dtype(p.x.scalar_type(), [&](auto t, auto s) {
     using T = decltype(t);
     using S = decltype(s);
-    S* mdy = coeffs.data_ptr<S>();
-    S* k = mdy + p.g.C;
-    S* a = k + p.g.C;
-    bwd_coeffs_kernel<S><<<blocks_for(p.g.C), kBlock, 0, stream()>>>(
-        mean.data_ptr<S>(), var.data_ptr<S>(), w ? w->data_ptr<S>() : nullptr, sum_dy, sum_dy_xmu, p.g.C, count,
-        training, eps, mdy, k, a, gw);
-    C10_CUDA_KERNEL_LAUNCH_CHECK();
-    if (!dx && !dres) return;
-    if (p.x.numel() == 0) return;
+    const S* mdy = table.data_ptr<S>();
     launch_indexed(p.x.numel(), [&](auto numel) {
       elemt_kernel<T, S, decltype(numel)><<<element_blocks(numel), kBlock, 0, stream()>>>(
           static_cast<const T*>(dy.data_ptr()), static_cast<const T*>(p.x.data_ptr()),
           out ? static_cast<const T*>(out->data_ptr()) : nullptr, dx ? static_cast<T*>(dx->data_ptr()) : nullptr,
-          dres ? static_cast<T*>(dres->data_ptr()) : nullptr, p.g, numel, mean.data_ptr<S>(), mdy, k, a);
+          dres ? static_cast<T*>(dres->data_ptr()) : nullptr, p.g, numel, mean.data_ptr<S>(), mdy, mdy + p.g.C,
+          mdy + 2 * p.g.C);
     });
   });
 }
@@ -482,8 +562,9 @@ struct CudaBackend {
 
   static void train(const Prepared& p, const AffineArgs& affine, bool relu, double eps, at::Tensor& y,
                     at::Tensor& mean, at::Tensor& var) {
-    stats_into(p, mean, var);
-    batchnorm::normalise(p, mean, var, affine.w, affine.b, affine.r, relu, eps, y);
+    at::Tensor coeffs = at::empty({2, p.g.C}, mean.options());
+    stats_into(p, mean, var, affine.w, affine.b, eps, &coeffs);
+    normalise_with(p, mean, coeffs, affine.r, relu, y);
   }
 
   static void normalise(const Prepared& p, const at::Tensor& mean, const at::Tensor& var, const OptTensor& w,
@@ -515,15 +596,23 @@ struct CudaBackend {
   static void elemt(const Prepared& p, const at::Tensor& dy, const at::Tensor* out, const OptTensor& w,
                     const at::Tensor& mean, const at::Tensor& var, const double* sum_dy, const double* sum_dy_xmu,
                     double count, double eps, at::Tensor& dx) {
-    elemt_into(p, dy, out, w, mean, var, sum_dy, sum_dy_xmu, count, true, eps, nullptr, &dx, nullptr);
+    at::Tensor table = at::empty({3, p.g.C}, mean.options());
+    coeffs_into(p, mean, sum_dy, sum_dy_xmu, {&w, &var, count, true, eps, nullptr, &table});
+    elemt_pass(p, dy, out, mean, table, &dx, nullptr);
   }
 
+  // With the sums (training, or grad_weight / grad_bias asked for), the coefficients come
+  // out of the sums' merge kernel; without, from their own small kernel.
   static void backward(const Prepared& p, const at::Tensor& dy, const at::Tensor* out, const OptTensor& w,
                        const at::Tensor& mean, const at::Tensor& var, bool training, double eps, bool want_sums,
                        double* sum_dy, double* sum_dy_xmu, double* gw, at::Tensor* dx, at::Tensor* dres) {
-    if (want_sums) reduce_into(p, dy, out, mean, sum_dy, sum_dy_xmu);
-    elemt_into(p, dy, out, w, mean, var, sum_dy, sum_dy_xmu, static_cast<double>(p.g.count()), training, eps, gw, dx,
-               dres);
+    at::Tensor table = at::empty({3, p.g.C}, mean.options());
+    const CoeffRequest req{&w, &var, static_cast<double>(p.g.count()), training, eps, gw, &table};
+    if (want_sums)
+      reduce_into(p, dy, out, mean, sum_dy, sum_dy_xmu, &req);
+    else
+      coeffs_into(p, mean, nullptr, nullptr, req);
+    elemt_pass(p, dy, out, mean, table, dx, dres);
   }
 };
 

@@ -1,7 +1,7 @@
 #pragma once
 // Helpers of the C++ autograd kernels (csrc/*/*_autograd.cpp). Those kernels exist for
-// host time: torch.library.register_autograd (Python) cost 15-20 us per op call, more
-// than the whole GPU op on small layers.
+// host time: torch.library.register_autograd (Python) cost 15-20 us per op call, as much
+// as torch's whole GPU layer on small shapes (20-40 us on the H200 run).
 #include <ATen/core/Tensor.h>
 #include <ATen/core/dispatch/Dispatcher.h>
 #include <ATen/core/grad_mode.h>
