@@ -1,7 +1,7 @@
 // Autograd of the depthwise ops, in C++ for host time (csrc/common/autograd.h): torch's
 // GPU depthwise forward on the MobileNet 14x14 and 7x7 layers takes 20-30 us
-// (benchmarks/results/NVIDIA_H200), less than torch.library.register_autograd (Python)
-// cost per call. depthwise_conv2d_backward has autograd too (double backward, through
+// (benchmarks/results/NVIDIA_H200), about what torch.library.register_autograd
+// (Python) added to each call. depthwise_conv2d_backward has autograd too (double backward, through
 // the same kernels); the fused separable backward refuses a second derivative.
 #include <ATen/TensorOperators.h>
 #include <ATen/ops/zeros_like.h>
