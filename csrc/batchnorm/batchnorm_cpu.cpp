@@ -182,19 +182,24 @@ struct CpuBackend {
     const int64_t C = running_mean.numel();
     const double factor = update_factor(momentum.has_value(), momentum.value_or(0.0),
                                         momentum ? nullptr : num_batches_tracked->data_ptr<int64_t>());
-    const double* mp = m.data_ptr<double>();
-    const double* vp = v.data_ptr<double>();
-    auto update = [&](const at::Tensor& t, bool is_var) {
+    // m, v: float32 or float64 (check_update_stats), read in double.
+    auto update = [&](const at::Tensor& t, const auto* stat_of, bool is_var) {
       AT_DISPATCH_FLOATING_TYPES_AND2(c10::kHalf, c10::kBFloat16, t.scalar_type(), "bn_update_stats", [&] {
         scalar_t* r = t.data_ptr<scalar_t>();
         for (int64_t c = 0; c < C; ++c) {
-          const double stat = is_var ? unbiased_var(vp[c], count) : mp[c];
+          const double s = static_cast<double>(stat_of[c]);
+          const double stat = is_var ? unbiased_var(s, count) : s;
           r[c] = static_cast<scalar_t>(running_update(static_cast<double>(r[c]), stat, factor));
         }
       });
     };
-    update(running_mean, false);
-    update(running_var, true);
+    if (m.scalar_type() == c10::kDouble) {
+      update(running_mean, m.data_ptr<double>(), false);
+      update(running_var, v.data_ptr<double>(), true);
+    } else {
+      update(running_mean, m.data_ptr<float>(), false);
+      update(running_var, v.data_ptr<float>(), true);
+    }
   }
 
   static void reduce(const Prepared& p, const at::Tensor& dy, const at::Tensor* out, const at::Tensor& mean,

@@ -384,14 +384,16 @@ __global__ void elemt_kernel(const T* __restrict__ dy, const T* __restrict__ x, 
       });
 }
 
-template <class R>
-__global__ void update_stats_kernel(R* rm, R* rv, const double* mean, const double* var, int64_t C, bool has_momentum,
+// M: the statistics' dtype (float or double), read in double.
+template <class R, class M>
+__global__ void update_stats_kernel(R* rm, R* rv, const M* mean, const M* var, int64_t C, bool has_momentum,
                                     double momentum_value, const int64_t* num_batches_tracked, int64_t count) {
   const int64_t c = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
   if (c >= C) return;
   const double momentum = update_factor(has_momentum, momentum_value, num_batches_tracked);
-  rm[c] = static_cast<R>(running_update(static_cast<double>(rm[c]), mean[c], momentum));
-  rv[c] = static_cast<R>(running_update(static_cast<double>(rv[c]), unbiased_var(var[c], count), momentum));
+  rm[c] = static_cast<R>(running_update(static_cast<double>(rm[c]), static_cast<double>(mean[c]), momentum));
+  rv[c] = static_cast<R>(
+      running_update(static_cast<double>(rv[c]), unbiased_var(static_cast<double>(var[c]), count), momentum));
 }
 
 // ---------------------------------------------------------------- launch helpers
@@ -580,10 +582,16 @@ struct CudaBackend {
     const int64_t C = running_mean.numel();
     dispatch_dtype(running_mean.scalar_type(), [&](auto t, auto) {
       using R = decltype(t);
-      update_stats_kernel<R><<<blocks_for(C), kBlock, 0, stream()>>>(
-          static_cast<R*>(running_mean.data_ptr()), static_cast<R*>(running_var.data_ptr()), m.data_ptr<double>(),
-          v.data_ptr<double>(), C, momentum.has_value(), momentum.value_or(0.0),
-          momentum ? nullptr : num_batches_tracked->data_ptr<int64_t>(), count);
+      auto launch = [&](const auto* mp, const auto* vp) {
+        update_stats_kernel<<<blocks_for(C), kBlock, 0, stream()>>>(
+            static_cast<R*>(running_mean.data_ptr()), static_cast<R*>(running_var.data_ptr()), mp, vp, C,
+            momentum.has_value(), momentum.value_or(0.0), momentum ? nullptr : num_batches_tracked->data_ptr<int64_t>(),
+            count);
+      };
+      if (m.scalar_type() == c10::kDouble)  // float32 or float64: check_update_stats
+        launch(m.data_ptr<double>(), v.data_ptr<double>());
+      else
+        launch(m.data_ptr<float>(), v.data_ptr<float>());
       C10_CUDA_KERNEL_LAUNCH_CHECK();
     });
   }

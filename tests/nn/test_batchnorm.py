@@ -352,6 +352,22 @@ def test_functional_matches_torch():
     _close(FF.batch_norm(x, rm_f, rv_f, w, b), F.batch_norm(x, rm_r, rv_r, w, b), torch.float32, "eval out")
 
 
+# The op reads float32 and float64 statistics as they are and casts the rest.
+@pytest.mark.parametrize("running_dtype", [torch.float32, torch.float64, torch.bfloat16])
+@pytest.mark.parametrize("mean_dtype,var_dtype", [(torch.float32, torch.float32), (torch.float64, torch.float64),
+                                                  (torch.bfloat16, torch.bfloat16), (torch.float32, torch.float64)])
+def test_update_stats_op_reads_every_statistics_dtype(running_dtype, mean_dtype, var_dtype):
+    torch.manual_seed(6)
+    rm, rv = torch.randn(37, dtype=running_dtype), (torch.rand(37) + 0.5).to(running_dtype)
+    mean, var = torch.randn(37, dtype=mean_dtype), torch.rand(37).to(var_dtype)
+    rm2, rv2 = rm.clone(), rv.clone()
+    ops.batch_norm_update_stats_(rm2, rv2, mean, var, 0.25, None, 7)
+    want_m = 0.75 * rm.double() + 0.25 * mean.double()
+    want_v = 0.75 * rv.double() + 0.25 * (var.double() * 7 / 6)
+    torch.testing.assert_close(rm2, want_m.to(running_dtype))
+    torch.testing.assert_close(rv2, want_v.to(running_dtype))
+
+
 def test_update_stats_op_matches_reference():
     torch.manual_seed(6)
     rm, rv = torch.randn(5), torch.rand(5) + 0.5
