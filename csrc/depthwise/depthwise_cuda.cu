@@ -100,6 +100,29 @@ __device__ __forceinline__ void tap_coords(const Geom& g, int64_t (&ti)[Kmax], i
   }
 }
 
+// Adds this thread's share of output channel o's grad_weight partials: over the
+// positions pos, pos + step, ... < end, each tap's term into acc[t] (t < num_taps) and
+// grad_out into acc[Kmax] (the bias's). The NCHW and channels_last partial kernels
+// differ only in how they hand out the positions.
+template <int Kmax, class T, class Acc>
+__device__ __forceinline__ void add_weight_grad_terms(const T* in, const T* go, const Geom& g, const Strides4& is,
+                                                      const Strides4& gs, int64_t o, int64_t pos, int64_t step,
+                                                      int64_t end, Acc (&acc)[Kmax + 1]) {
+  const int64_t K = num_taps(g);
+  int64_t ti[Kmax], tj[Kmax];
+  tap_coords<Kmax>(g, ti, tj);
+  const T* in_c = in + in_channel(g, o) * is.c;
+  const T* go_o = go + o * gs.c;
+  for (PositionWalk p = position_walk(g, pos, step); pos < end; pos += step, advance(p)) {
+    const Acc dy = to_acc<Acc>(go_o[p.n * gs.n + p.oh * gs.h + p.ow * gs.w]);
+    const T* plane = in_c + p.n * is.n;
+#pragma unroll
+    for (int t = 0; t < Kmax; ++t)
+      if (t < K) acc[t] += weight_grad_term<Acc>(dy, plane, is, g, p.oh, p.ow, ti[t], tj[t]);
+    acc[Kmax] += dy;
+  }
+}
+
 // weight_grad_partial_kernel for kernels of at most Kmax taps: one walk over the
 // block's positions feeds every tap's sum and the bias's (registers), instead of one
 // walk per tap. Each thread adds the same terms in the same order, and the tree is the
@@ -113,20 +136,8 @@ __global__ void weight_grad_partial_taps_kernel(const T* __restrict__ in, const 
   Acc acc[Kmax + 1];
 #pragma unroll
   for (int t = 0; t <= Kmax; ++t) acc[t] = Acc(0);
-  int64_t ti[Kmax], tj[Kmax];
-  tap_coords<Kmax>(g, ti, tj);
-  const T* in_c = in + in_channel(g, o) * is.c;
-  const T* go_o = go + o * gs.c;
-  const int64_t step = B * blockDim.x;
-  int64_t pos = blockIdx.x * int64_t(blockDim.x) + threadIdx.x;
-  for (PositionWalk p = position_walk(g, pos, step); pos < positions; pos += step, advance(p)) {
-    const Acc dy = to_acc<Acc>(go_o[p.n * gs.n + p.oh * gs.h + p.ow * gs.w]);
-    const T* plane = in_c + p.n * is.n;
-#pragma unroll
-    for (int t = 0; t < Kmax; ++t)
-      if (t < K) acc[t] += weight_grad_term<Acc>(dy, plane, is, g, p.oh, p.ow, ti[t], tj[t]);
-    acc[Kmax] += dy;
-  }
+  add_weight_grad_terms<Kmax>(in, go, g, is, gs, o, blockIdx.x * int64_t(blockDim.x) + threadIdx.x, B * blockDim.x,
+                              positions, acc);
 #pragma unroll
   for (int t = 0; t <= Kmax; ++t) {
     if (t < K || t == Kmax) {  // the same for the whole block, so the barriers are safe
@@ -197,21 +208,8 @@ __global__ void weight_grad_partial_cl_kernel(const T* __restrict__ in, const T*
   Acc acc[Kmax + 1];
 #pragma unroll
   for (int t = 0; t <= Kmax; ++t) acc[t] = Acc(0);
-  int64_t ti[Kmax], tj[Kmax];
-  tap_coords<Kmax>(g, ti, tj);
-  if (o < O) {  // no return: every thread reaches the barriers below
-    const T* in_c = in + in_channel(g, o) * is.c;
-    const T* go_o = go + o * gs.c;
-    int64_t pos = positions * b / B + threadIdx.y;
-    for (PositionWalk p = position_walk(g, pos, kClLanes); pos < p1; pos += kClLanes, advance(p)) {
-      const Acc dy = to_acc<Acc>(go_o[p.n * gs.n + p.oh * gs.h + p.ow * gs.w]);
-      const T* plane = in_c + p.n * is.n;
-#pragma unroll
-      for (int t = 0; t < Kmax; ++t)
-        if (t < K) acc[t] += weight_grad_term<Acc>(dy, plane, is, g, p.oh, p.ow, ti[t], tj[t]);
-      acc[Kmax] += dy;
-    }
-  }
+  // No return for o >= O: every thread reaches the barriers below.
+  if (o < O) add_weight_grad_terms<Kmax>(in, go, g, is, gs, o, positions * b / B + threadIdx.y, kClLanes, p1, acc);
 #pragma unroll
   for (int t = 0; t <= Kmax; ++t) {
     if (t < K || t == Kmax) {  // the same for the whole block, so the barriers are safe
