@@ -193,13 +193,10 @@ struct CpuBackend {
         }
       });
     };
-    if (m.scalar_type() == c10::kDouble) {
-      update(running_mean, m.data_ptr<double>(), false);
-      update(running_var, v.data_ptr<double>(), true);
-    } else {
-      update(running_mean, m.data_ptr<float>(), false);
-      update(running_var, v.data_ptr<float>(), true);
-    }
+    with_update_stats(m, v, [&](const auto* mp, const auto* vp) {
+      update(running_mean, mp, false);
+      update(running_var, vp, true);
+    });
   }
 
   static void reduce(const Prepared& p, const at::Tensor& dy, const at::Tensor* out, const at::Tensor& mean,

@@ -582,16 +582,12 @@ struct CudaBackend {
     const int64_t C = running_mean.numel();
     dispatch_dtype(running_mean.scalar_type(), [&](auto t, auto) {
       using R = decltype(t);
-      auto launch = [&](const auto* mp, const auto* vp) {
+      with_update_stats(m, v, [&](const auto* mp, const auto* vp) {
         update_stats_kernel<<<blocks_for(C), kBlock, 0, stream()>>>(
             static_cast<R*>(running_mean.data_ptr()), static_cast<R*>(running_var.data_ptr()), mp, vp, C,
             momentum.has_value(), momentum.value_or(0.0), momentum ? nullptr : num_batches_tracked->data_ptr<int64_t>(),
             count);
-      };
-      if (m.scalar_type() == c10::kDouble)  // float32 or float64: check_update_stats
-        launch(m.data_ptr<double>(), v.data_ptr<double>());
-      else
-        launch(m.data_ptr<float>(), v.data_ptr<float>());
+      });
       C10_CUDA_KERNEL_LAUNCH_CHECK();
     });
   }

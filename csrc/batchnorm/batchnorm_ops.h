@@ -214,6 +214,15 @@ inline std::pair<at::Tensor, at::Tensor> check_update_stats(const at::Tensor& ru
   return {mean.to(read).contiguous(), var.to(read).contiguous()};
 }
 
+// f(mean, var) with typed pointers to the statistics check_update_stats returned.
+template <class F>
+void with_update_stats(const at::Tensor& m, const at::Tensor& v, const F& f) {
+  if (m.scalar_type() == c10::kDouble)
+    f(m.data_ptr<double>(), v.data_ptr<double>());
+  else
+    f(m.data_ptr<float>(), v.data_ptr<float>());
+}
+
 // The seven ops, written once over a backend B (CpuBackend in batchnorm_cpu.cpp,
 // CudaBackend in batchnorm_cuda.cu): checks and outputs here, kernels there. B has
 //   Guard(tensor)                        the device guard (nothing on the CPU)
