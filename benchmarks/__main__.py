@@ -53,7 +53,7 @@ _STEADY_ENV = {"MALLOC_MMAP_THRESHOLD_": str(1 << 32), "MALLOC_TRIM_THRESHOLD_":
                "MALLOC_TOP_PAD_": str(1 << 28)}
 
 
-def _steady_state_allocator(argv):
+def _steady_state_allocator(argv, module="benchmarks"):
     """Restarts this process with glibc keeping freed memory for reuse, for torch and
     fusedopt alike; returns the note that says which allocator regime was measured.
 
@@ -69,7 +69,7 @@ def _steady_state_allocator(argv):
     if all(os.environ.get(k) == v for k, v in _STEADY_ENV.items()):
         return "allocator: glibc keeps freed memory for reuse (steady state; --fresh-pages to fault per call)"
     os.environ.update(_STEADY_ENV)
-    os.execv(sys.executable, [sys.executable, "-m", "benchmarks", *argv])
+    os.execv(sys.executable, [sys.executable, "-m", module, *argv])
 
 
 def _case_label(case):

@@ -1,0 +1,100 @@
+"""python -m benchmarks.streaming [--out DIR]: the CPU layers against torch's streaming
+elementwise kernels on tensors of the same sizes: how far each layer's forward +
+backward is from moving its bytes at the speed that torch's simplest kernels reach on
+this machine, measured rather than modelled.
+
+For each float32 CPU case of the bn and dw families (forward + backward, both layouts),
+three candidates run interleaved, as in the benchmark:
+  torch      torch's layer (the family's own candidate)
+  fusedopt   fusedopt's layer (likewise)
+  streaming  the traffic a forward + backward needs at least (read x, write y; read x
+             and dy, write dx) as torch's elementwise kernels: torch.mul(x, 1, out=y)
+             and torch.mul(x, dy, out=dx); where y is smaller than x (stride 2), as
+             four passes: x.sum(), y.fill_(1), torch.mul(x, 1, out=dx), dy.sum()
+torch / streaming is about the ratio a layer would reach if it ran at that speed: a
+reference, not a strict bound (a layer that finds x still in cache for its backward can
+beat it, as the channels_last stride-2 kernels do against the four-pass reference).
+Both use regular stores, which read each output line before writing it.
+"""
+import argparse
+import datetime
+import os
+import statistics
+import sys
+
+import torch
+
+from . import batchnorm, depthwise
+from .__main__ import _steady_state_allocator
+from .timing import time_interleaved
+
+
+def _streaming_fn(x, y, dy, dx):
+    if y.shape == x.shape:
+        def streaming():
+            torch.mul(x, 1.0, out=y)
+            torch.mul(x, dy, out=dx)
+    else:
+        def streaming():
+            x.sum()
+            y.fill_(1.0)
+            torch.mul(x, 1.0, out=dx)
+            dy.sum()
+    return streaming
+
+
+def _tensors(shape, out_hw, layout):
+    n, c, h, w = shape
+    fmt = torch.channels_last if layout == "channels_last" else torch.contiguous_format
+    x = torch.randn(n, c, h, w).contiguous(memory_format=fmt)
+    dy = torch.randn(n, c, *out_hw).contiguous(memory_format=fmt)
+    return x, torch.empty_like(dy), dy, torch.empty_like(x)
+
+
+def cases():
+    for shape in batchnorm.SHAPES:
+        for layout in batchnorm.LAYOUTS:
+            case = dict(family="batchnorm", op="bn2d-fwd+bwd", shape=shape, layout=layout, dtype=torch.float32,
+                        device="cpu")
+            fns, _ = batchnorm._candidates(case)
+            yield "BatchNorm2d", "x".join(map(str, shape)), layout, fns, _tensors(shape, shape[2:], layout)
+    for n, c, h, w, s in depthwise.SHAPES:
+        for layout in ("nchw", "channels_last"):
+            case = dict(family="depthwise", op="forward+backward", shape=(n, c, h, w, s), layout=layout,
+                        device="cpu")
+            fns, _, label = depthwise._depthwise_fns(case)
+            out_hw = ((h - 1) // s + 1, (w - 1) // s + 1)  # 3x3, padding 1
+            yield "depthwise 3x3", label, layout, fns, _tensors((n, c, h, w), out_hw, layout)
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(prog="python -m benchmarks.streaming", description=__doc__.splitlines()[0])
+    ap.add_argument("--out", default=None, help="also write streaming.md into this folder")
+    args = ap.parse_args(argv)
+    note = _steady_state_allocator(sys.argv[1:] if argv is None else argv, module="benchmarks.streaming")
+    when = datetime.datetime.now().isoformat(timespec="minutes")
+    lines = [f"# Layers' forward + backward against torch's streaming kernels ({when}, "
+             f"{torch.get_num_threads()} threads, torch {torch.__version__}; {note.split(' (')[0]})", "",
+             "`python -m benchmarks.streaming`; see its docstring. ratio = torch / fusedopt.", "",
+             "| layer | shape | layout | torch ms | fusedopt ms | streaming ms | ratio | torch / streaming "
+             "| fusedopt / streaming |", "|---|---|---|---|---|---|---|---|---|"]
+    ratios = []
+    for layer, shape, layout, fns, tensors in cases():
+        fns = dict(fns, streaming=_streaming_fn(*tensors))
+        t = {k: v * 1e3 for k, v in time_interleaved(fns, max_seconds=4.0).items()}
+        ratios.append(t["fusedopt"] / t["streaming"])
+        lines.append(f"| {layer} | {shape} | {layout} | {t['torch']:.2f} | {t['fusedopt']:.2f} | "
+                     f"{t['streaming']:.2f} | {t['torch'] / t['fusedopt']:.2f}x | {t['torch'] / t['streaming']:.2f}x "
+                     f"| {t['fusedopt'] / t['streaming']:.2f} |")
+        print(lines[-1], flush=True)
+    lines += ["", f"fusedopt / streaming: median {statistics.median(ratios):.2f} over {len(ratios)} cases."]
+    text = "\n".join(lines) + "\n"
+    print(text)
+    if args.out:
+        os.makedirs(args.out, exist_ok=True)
+        with open(os.path.join(args.out, "streaming.md"), "w") as f:
+            f.write(text)
+
+
+if __name__ == "__main__":
+    main()
