@@ -1,6 +1,7 @@
-"""python -m benchmarks.streaming [--out DIR]: the CPU layers against torch's streaming
-elementwise kernels on tensors of the same sizes: how far each layer's forward +
-backward is from moving its bytes at the speed that torch's simplest kernels reach on
+"""python -m benchmarks.streaming [--out DIR]: CPU layers against torch's streaming kernels.
+
+Each layer's forward + backward against torch's simplest elementwise kernels moving the
+same bytes on tensors of the same sizes: how far the layers are from streaming speed on
 this machine, measured rather than modelled.
 
 For each float32 CPU case of the bn and dw families (forward + backward, both layouts),
