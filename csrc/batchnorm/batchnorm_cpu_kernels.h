@@ -100,8 +100,8 @@ inline typename Lanes<T>::V last_lanes_mask(int64_t n) {
 // The next plane of a channel (image n + 1), requested line by line while the current
 // one is walked: a plane is a few KiB of its own pages, where the hardware prefetcher
 // stops, and a store to a line not in cache waits for it. Reads are requested on the
-// first walk over a large plane (statistics, backward sums), whose data comes from
-// memory; the second walk finds the channel in L2. Forward+backward interleaved with
+// first walk over a plane (statistics of large planes, backward sums), whose data comes
+// from memory; the second walk finds the channel in L2. Forward+backward interleaved with
 // torch's, medians of alternating runs: the read requests took (32,64,56,56) float32
 // from 6.9 to 6.2 ms, bfloat16 from 3.6 to 3.2 ms, and (8,32,112,112) float32 from 2.84
 // to 2.71 ms. The write requests had taken about 8% off before that.
@@ -126,15 +126,19 @@ using ReadAhead = PlaneAhead<T, 0>;
 template <class T>
 using WriteAhead = PlaneAhead<T, 1>;
 
-// ReadAhead on up to three inputs (null: none) of the first walk over a large plane.
-// Measured without effect on small planes (block walk), and slower in the element walks
-// of eval mode, whose inputs also come from memory: (32,64,56,56) float32 grad_input
-// 1.9 -> 2.1 ms, interleaved with torch's eval forward.
+// ReadAhead on up to three inputs (null: none) of the backward's first walk (the sums),
+// large planes and small: a small plane's next image is a page away, where the hardware
+// prefetcher does not follow. Medians of three alternating runs of two builds, the
+// backward op alone after 256 MB of other writes: (64,256,14,14) bfloat16 1.20-1.26 ->
+// 0.88-1.02 ms, (32,960,7,7) float32 1.11-1.23 -> 0.95-1.05 ms, (64,256,14,14) float32
+// level; the module's forward+backward interleaved with torch's: 0-10% less, none
+// slower. The same request in the statistics walk of small planes measured level, and
+// in the element walks of eval mode, whose inputs also come from memory, slower:
+// (32,64,56,56) float32 grad_input 1.9 -> 2.1 ms, interleaved with torch's eval forward.
 template <class T>
 struct InputsAhead {
   ReadAhead<T> in[3];
   InputsAhead(const Geom& g, int64_t n, int64_t c, const T* a, const T* b, const T* d) {
-    if (g.inner < kPlaneChunk) return;
     in[0] = ReadAhead<T>(a, g, n, c);
     in[1] = ReadAhead<T>(b, g, n, c);
     in[2] = ReadAhead<T>(d, g, n, c);
