@@ -4,8 +4,8 @@ Each layer's forward + backward against torch's simplest elementwise kernels mov
 same bytes on tensors of the same sizes: how far the layers are from streaming speed on
 this machine, measured rather than modelled.
 
-For each float32 CPU case of the bn and dw families (forward + backward, both layouts),
-three candidates run interleaved, as in the benchmark:
+For each CPU forward + backward case of the bn and dw families (both layouts, float32
+and bfloat16), three candidates run interleaved, as in the benchmark:
   torch      torch's layer (the family's own candidate)
   fusedopt   fusedopt's layer (likewise)
   streaming  the traffic a forward + backward needs at least (read x, write y; read x
@@ -29,6 +29,9 @@ from . import batchnorm, depthwise
 from .__main__ import _steady_state_allocator
 from .timing import time_interleaved
 
+# The dtypes of the benchmark's forward + backward layer rows.
+DTYPES = [torch.float32, torch.bfloat16]
+
 
 def _streaming_fn(x, y, dy, dx):
     if y.shape == x.shape:
@@ -44,28 +47,30 @@ def _streaming_fn(x, y, dy, dx):
     return streaming
 
 
-def _tensors(shape, out_hw, layout):
+def _tensors(shape, out_hw, layout, dtype):
     n, c, h, w = shape
     fmt = torch.channels_last if layout == "channels_last" else torch.contiguous_format
-    x = torch.randn(n, c, h, w).contiguous(memory_format=fmt)
-    dy = torch.randn(n, c, *out_hw).contiguous(memory_format=fmt)
+    x = torch.randn(n, c, h, w).to(dtype).contiguous(memory_format=fmt)
+    dy = torch.randn(n, c, *out_hw).to(dtype).contiguous(memory_format=fmt)
     return x, torch.empty_like(dy), dy, torch.empty_like(x)
 
 
 def cases():
-    for shape in batchnorm.SHAPES:
-        for layout in batchnorm.LAYOUTS:
-            case = dict(family="batchnorm", op="bn2d-fwd+bwd", shape=shape, layout=layout, dtype=torch.float32,
-                        device="cpu")
-            fns, _ = batchnorm._candidates(case)
-            yield "BatchNorm2d", "x".join(map(str, shape)), layout, fns, _tensors(shape, shape[2:], layout)
-    for n, c, h, w, s in depthwise.SHAPES:
-        for layout in ("nchw", "channels_last"):
-            case = dict(family="depthwise", op="forward+backward", shape=(n, c, h, w, s), layout=layout,
-                        device="cpu")
-            fns, _, label = depthwise._depthwise_fns(case)
-            out_hw = ((h - 1) // s + 1, (w - 1) // s + 1)  # 3x3, padding 1
-            yield "depthwise 3x3", label, layout, fns, _tensors((n, c, h, w), out_hw, layout)
+    for dtype in DTYPES:
+        for shape in batchnorm.SHAPES:
+            for layout in batchnorm.LAYOUTS:
+                case = dict(family="batchnorm", op="bn2d-fwd+bwd", shape=shape, layout=layout, dtype=dtype,
+                            device="cpu")
+                fns, _ = batchnorm._candidates(case)
+                yield "BatchNorm2d", "x".join(map(str, shape)), layout, dtype, fns, \
+                    _tensors(shape, shape[2:], layout, dtype)
+        for n, c, h, w, s in depthwise.SHAPES:
+            for layout in ("nchw", "channels_last"):
+                case = dict(family="depthwise", op="forward+backward", shape=(n, c, h, w, s), layout=layout,
+                            device="cpu", dtype=dtype)
+                fns, _, label = depthwise._depthwise_fns(case)
+                out_hw = ((h - 1) // s + 1, (w - 1) // s + 1)  # 3x3, padding 1
+                yield "depthwise 3x3", label, layout, dtype, fns, _tensors((n, c, h, w), out_hw, layout, dtype)
 
 
 def main(argv=None):
@@ -77,14 +82,14 @@ def main(argv=None):
     lines = [f"# Layers' forward + backward against torch's streaming kernels ({when}, "
              f"{torch.get_num_threads()} threads, torch {torch.__version__}; {note.split(' (')[0]})", "",
              "`python -m benchmarks.streaming`; see its docstring. ratio = torch / fusedopt.", "",
-             "| layer | shape | layout | torch ms | fusedopt ms | streaming ms | ratio | torch / streaming "
-             "| fusedopt / streaming |", "|---|---|---|---|---|---|---|---|---|"]
+             "| layer | shape | layout | dtype | torch ms | fusedopt ms | streaming ms | ratio | torch / streaming "
+             "| fusedopt / streaming |", "|---|---|---|---|---|---|---|---|---|---|"]
     ratios = []
-    for layer, shape, layout, fns, tensors in cases():
+    for layer, shape, layout, dtype, fns, tensors in cases():
         fns = dict(fns, streaming=_streaming_fn(*tensors))
         t = {k: v * 1e3 for k, v in time_interleaved(fns, max_seconds=4.0).items()}
         ratios.append(t["fusedopt"] / t["streaming"])
-        lines.append(f"| {layer} | {shape} | {layout} | {t['torch']:.2f} | {t['fusedopt']:.2f} | "
+        lines.append(f"| {layer} | {shape} | {layout} | {str(dtype)[6:]} | {t['torch']:.2f} | {t['fusedopt']:.2f} | "
                      f"{t['streaming']:.2f} | {t['torch'] / t['fusedopt']:.2f}x | {t['torch'] / t['streaming']:.2f}x "
                      f"| {t['fusedopt'] / t['streaming']:.2f} |")
         print(lines[-1], flush=True)
