@@ -57,6 +57,11 @@ def cases(quick, device):
                     yield dict(family="depthwise", op=op, shape=shape, layout=layout, device=device, path=path)
 
 
+def output_hw(h, w, s):
+    """Output height and width of the benchmark's 3x3 convs (padding 1, stride s)."""
+    return (h + 2 - 3) // s + 1, (w + 2 - 3) // s + 1
+
+
 def _input(n, c, h, w, layout, device, requires_grad, dtype=torch.float32):
     x = torch.randn(n, c, h, w, device=device, dtype=dtype)
     if layout == "channels_last":
@@ -69,7 +74,7 @@ def _depthwise_fns(case):
     device, backward, dtype = case["device"], case["op"] == "forward+backward", case.get("dtype", torch.float32)
     x = _input(n, c, h, w, case["layout"], device, backward, dtype)
     weight = torch.randn(c, 1, 3, 3, device=device, dtype=dtype, requires_grad=backward)
-    oh, ow = (h + 2 - 3) // s + 1, (w + 2 - 3) // s + 1
+    oh, ow = output_hw(h, w, s)
     g = torch.randn(n, c, oh, ow, device=device, dtype=dtype)
     if case["layout"] == "channels_last":
         g = g.contiguous(memory_format=torch.channels_last)
@@ -104,7 +109,7 @@ def _separable_fns(case):
     dw = torch.randn(c, 1, 3, 3, device=device, requires_grad=True)
     pw = torch.randn(out, c, 1, 1, device=device, requires_grad=True)
     b = torch.randn(out, device=device, requires_grad=True)
-    oh, ow = (h + 2 - 3) // s + 1, (w + 2 - 3) // s + 1
+    oh, ow = output_hw(h, w, s)
     g = torch.randn(n, out, oh, ow, device=device)
     if case["layout"] == "channels_last":
         g = g.contiguous(memory_format=torch.channels_last)

@@ -69,8 +69,8 @@ def cases():
                 case = dict(family="depthwise", op="forward+backward", shape=(n, c, h, w, s), layout=layout,
                             device="cpu", dtype=dtype)
                 fns, _, label = depthwise._depthwise_fns(case)
-                out_hw = ((h - 1) // s + 1, (w - 1) // s + 1)  # 3x3, padding 1
-                yield "depthwise 3x3", label, layout, dtype, fns, _tensors((n, c, h, w), out_hw, layout, dtype)
+                yield "depthwise 3x3", label, layout, dtype, fns, \
+                    _tensors((n, c, h, w), depthwise.output_hw(h, w, s), layout, dtype)
 
 
 def main(argv=None):
@@ -89,7 +89,8 @@ def main(argv=None):
         fns = dict(fns, streaming=_streaming_fn(*tensors))
         t = {k: v * 1e3 for k, v in time_interleaved(fns, max_seconds=4.0).items()}
         ratios.append(t["fusedopt"] / t["streaming"])
-        lines.append(f"| {layer} | {shape} | {layout} | {str(dtype)[6:]} | {t['torch']:.2f} | {t['fusedopt']:.2f} | "
+        name = str(dtype).replace("torch.", "")  # as the benchmark's tables write dtypes
+        lines.append(f"| {layer} | {shape} | {layout} | {name} | {t['torch']:.2f} | {t['fusedopt']:.2f} | "
                      f"{t['streaming']:.2f} | {t['torch'] / t['fusedopt']:.2f}x | {t['torch'] / t['streaming']:.2f}x "
                      f"| {t['fusedopt'] / t['streaming']:.2f} |")
         print(lines[-1], flush=True)
