@@ -415,6 +415,35 @@ def test_ops_on_an_empty_batch_give_zero_sums():
     assert torch.equal(sdy, torch.zeros(c, dtype=torch.float64)) and torch.equal(sdx, torch.zeros(c, dtype=torch.float64))
 
 
+@pytest.mark.parametrize("threads", [1, 2])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("training", [True, False])
+def test_backward_op_walks_blocks_of_channels(simd_all, threads, dtype, training):
+    # Small NCHW planes and 203 channels: the CPU backward takes blocks of 8 channels,
+    # the element pass of one beside the reduction of the next, threads split the 26
+    # blocks and the last holds 3 channels. Each output_mask, with and without relu.
+    torch.manual_seed(11)
+    c, eps = 203, 1e-5
+    x = (torch.randn(6, c, 5, 7) * 2 + 0.5).to(dtype)
+    dy = torch.randn(6, c, 5, 7).to(dtype)
+    w, b = torch.rand(c) + 0.5, torch.randn(c)
+    previous = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        for relu in (False, True):
+            out, mean, var = ops.batch_norm_train(x, w, b, None, relu, eps)
+            if not training:
+                mean, var = torch.randn(c) * 0.3, torch.rand(c) + 0.5
+            for mask in ([True, True, True, relu], [False, True, True, False], [True, False, False, False]):
+                got = ops.batch_norm_backward(dy, x, w, mean, var, out if relu else None, relu, training, eps, mask)
+                want = reference.batch_norm_backward(dy, x, w, training, eps, mean, var, out if relu else None)
+                for i, what in enumerate(("grad_input", "grad_weight", "grad_bias", "grad_residual")):
+                    if mask[i]:
+                        _close(got[i], want[i], dtype, f"{what} (relu={relu}, mask={mask})", scale=4 if i < 3 else 1)
+    finally:
+        torch.set_num_threads(previous)
+
+
 def test_non_contiguous_input():
     torch.manual_seed(7)
     base = torch.randn(4, 6, 10, 12)
