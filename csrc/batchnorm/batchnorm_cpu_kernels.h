@@ -259,11 +259,18 @@ constexpr int64_t kPipeBlockBytes = int64_t{192} << 10;
 // measured alike.
 constexpr int64_t kBwdPiece = 256;
 
+// Blocks of B channels per thread task: enough for kTaskElems elements (torch's own
+// grain, at::internal::GRAIN_SIZE), so that a small input runs inline instead of waking
+// the other threads for a parallel region.
+constexpr int64_t kTaskElems = 32768;
+inline int64_t plane_grain(const Geom& g, int64_t B) {
+  return std::max<int64_t>(1, kTaskElems / std::max<int64_t>(1, B * g.N * g.inner));
+}
 // Calls f(c0, c1) for the plane_block blocks of channels, threads over blocks.
 template <class F>
 void for_plane_blocks(const Geom& g, size_t elem_bytes, const F& f) {
   const int64_t B = plane_block(g, elem_bytes);
-  at::parallel_for(0, (g.C + B - 1) / B, 1, [&](int64_t b0, int64_t b1) {
+  at::parallel_for(0, (g.C + B - 1) / B, plane_grain(g, B), [&](int64_t b0, int64_t b1) {
     for (int64_t blk = b0; blk < b1; ++blk) f(blk * B, std::min(g.C, (blk + 1) * B));
   });
 }
@@ -1059,7 +1066,7 @@ void bwd_fused(const BwdArgs& a) {
     const Geom& g = a.g;
     const bool reduce = a.training || a.sum_dy, elemt = dx || dres;
     const int64_t B = plane_block(g, sizeof(T), kPipeBlockBytes);
-    at::parallel_for(0, (g.C + B - 1) / B, 1, [&](int64_t b0, int64_t b1) {
+    at::parallel_for(0, (g.C + B - 1) / B, plane_grain(g, B), [&](int64_t b0, int64_t b1) {
       auto first = [&](int64_t blk) { return std::min(g.C, blk * B); };
       PlaneSums<T> sums[2][kMaxPlaneBlock];  // this block's and the next one's
       BwdCoeffs<S> k[kMaxPlaneBlock];
