@@ -266,24 +266,22 @@ constexpr int64_t kTaskElems = 32768;
 inline int64_t plane_grain(const Geom& g, int64_t B) {
   return std::max<int64_t>(1, kTaskElems / std::max<int64_t>(1, B * g.N * g.inner));
 }
+// Calls f(b0, b1) for ranges of the blocks of B channels, threads over blocks.
+template <class F>
+void parallel_plane_blocks(const Geom& g, int64_t B, const F& f) {
+  at::parallel_for(0, (g.C + B - 1) / B, plane_grain(g, B), f);
+}
 // Calls f(c0, c1) for the plane_block blocks of channels, threads over blocks.
 template <class F>
 void for_plane_blocks(const Geom& g, size_t elem_bytes, const F& f) {
   const int64_t B = plane_block(g, elem_bytes);
-  at::parallel_for(0, (g.C + B - 1) / B, plane_grain(g, B), [&](int64_t b0, int64_t b1) {
+  parallel_plane_blocks(g, B, [&](int64_t b0, int64_t b1) {
     for (int64_t blk = b0; blk < b1; ++blk) f(blk * B, std::min(g.C, (blk + 1) * B));
   });
 }
 
-// Calls f(n, c) for the planes of channels [c0, c1), image by image (see plane_block).
-template <class F>
-void for_block_planes(const Geom& g, int64_t c0, int64_t c1, const F& f) {
-  for (int64_t n = 0; n < g.N; ++n)
-    for (int64_t c = c0; c < c1; ++c) f(n, c);
-}
-
-// The planes (n, c) of channels [c0, c1) in for_block_planes' order, one per next():
-// for walks that run side by side.
+// The planes (n, c) of channels [c0, c1), image by image (see plane_block), one per
+// next(), so that two walks can run side by side.
 struct BlockPlanes {
   int64_t N, c0, c1, n = 0, c = c0;
   bool next(int64_t& pn, int64_t& pc) {
@@ -297,6 +295,12 @@ struct BlockPlanes {
     return true;
   }
 };
+// Calls f(n, c) for the planes of channels [c0, c1), in BlockPlanes' order.
+template <class F>
+void for_block_planes(const Geom& g, int64_t c0, int64_t c1, const F& f) {
+  BlockPlanes walk{g.N, c0, c1};
+  for (int64_t n, c; walk.next(n, c);) f(n, c);
+}
 
 // (count, mean, M2) of each channel of [c0, c1): chunks of kPlaneChunk elements, a
 // piece of a plane or several small planes, merged in image order (Chan); each chunk is
@@ -1066,12 +1070,14 @@ void bwd_fused(const BwdArgs& a) {
     const Geom& g = a.g;
     const bool reduce = a.training || a.sum_dy, elemt = dx || dres;
     const int64_t B = plane_block(g, sizeof(T), kPipeBlockBytes);
-    at::parallel_for(0, (g.C + B - 1) / B, plane_grain(g, B), [&](int64_t b0, int64_t b1) {
+    parallel_plane_blocks(g, B, [&](int64_t b0, int64_t b1) {
       auto first = [&](int64_t blk) { return std::min(g.C, blk * B); };
       PlaneSums<T> sums[2][kMaxPlaneBlock];  // this block's and the next one's
       BwdCoeffs<S> k[kMaxPlaneBlock];
-      auto first_reduce = BlockPlanes{g.N, first(b0), reduce ? first(b0 + 1) : first(b0)};
-      for (int64_t n, c; first_reduce.next(n, c);) plane_reduce(dy, x, out, g, n, c, mean[c], sums[0][c - first(b0)]);
+      const int64_t start = first(b0);
+      if (reduce)
+        for_block_planes(g, start, first(b0 + 1),
+                         [&](int64_t n, int64_t c) { plane_reduce(dy, x, out, g, n, c, mean[c], sums[0][c - start]); });
       for (int64_t blk = b0; blk < b1; ++blk) {
         const int64_t c0 = first(blk), c1 = first(blk + 1), c2 = blk + 1 < b1 ? first(blk + 2) : c1;
         const PlaneSums<T>* mine = sums[(blk - b0) & 1];
