@@ -44,7 +44,7 @@ def backtrace(code):
     with tempfile.NamedTemporaryFile("w", suffix=".py", delete=False) as f:
         f.write(code)
     r = subprocess.run(["cuda-gdb", "-q", "-batch", "-ex", "run", "-ex", "bt 30", "--args", sys.executable, f.name],
-                       capture_output=True, text=True, timeout=180)
+                       capture_output=True, text=True, timeout=90)
     return "\n".join(line for line in r.stdout.splitlines() if line.startswith("#"))
 
 
