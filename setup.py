@@ -17,6 +17,7 @@ import glob
 import importlib.util
 import os
 import shutil
+import sys
 
 from setuptools import find_packages, setup
 
@@ -108,6 +109,10 @@ def ext_modules():
     # types on purpose (see csrc/common/macros.h).
     cxx = ["-O3", "-std=c++20", "-fopenmp", "-Wno-psabi", "-Wno-subobject-linkage"]
     nvcc = ["-O3", "-std=c++20", "-lineinfo"] + os.environ.get("FUSEDOPT_NVCC_FLAGS", "").split()
+    # The shared libstdc++ named ahead of the compiler's own: a g++ that links it
+    # statically (the H200 machine's /opt/gcc did) put a second copy in _C, and every C++
+    # error whose message formats a number then crashed under torch's libstdc++.
+    link = ["-fopenmp"] + (["-lstdc++"] if sys.platform.startswith("linux") else [])
     include_dirs = [os.path.join(ROOT, "csrc"), generated]
     if with_cuda:
         # cuBLAS/cuSPARSE headers ship in the nvidia wheels, not always in the toolkit.
@@ -115,12 +120,12 @@ def ext_modules():
             include_dirs.append(os.path.abspath(d))
         ext = CUDAExtension(
             "fusedopt._C", sources, include_dirs=include_dirs,
-            extra_compile_args={"cxx": cxx, "nvcc": nvcc}, extra_link_args=["-fopenmp"],
+            extra_compile_args={"cxx": cxx, "nvcc": nvcc}, extra_link_args=link,
         )
     else:
         ext = CppExtension(
             "fusedopt._C", sources, include_dirs=include_dirs,
-            extra_compile_args={"cxx": cxx}, extra_link_args=["-fopenmp"],
+            extra_compile_args={"cxx": cxx}, extra_link_args=link,
         )
     return [ext]
 

@@ -10,7 +10,9 @@
 # BUDGET_S (default 600) caps the whole script: each step gets what is left of it, up
 # to its own limit, and the sanitizer steps are skipped when too little is left.
 # STEPS picks the steps after the build, in their fixed order (default: all but libs and
-# profile): probe libs cuda profile bench memcheck racecheck cpu.
+# profile): probe libs cuda profile bench memcheck racecheck cpu. CUDA_TESTS (default
+# "tests") and BENCH (default "--only optim --only bn --only dw --only overhead") narrow
+# the CUDA tests and the benchmarks, MEMCHECK_K the memcheck subset.
 set -uo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$ROOT"
@@ -19,6 +21,9 @@ export PYTHONUNBUFFERED=1
 BUDGET_S="${BUDGET_S:-600}"
 STEPS=" ${STEPS:-probe cuda bench memcheck racecheck cpu} "
 want() { [[ $STEPS == *" $1 "* ]]; }
+read -r -a CUDA_TESTS <<<"${CUDA_TESTS:-tests}"
+read -r -a BENCH <<<"${BENCH:---only optim --only bn --only dw --only overhead}"
+MEMCHECK_K="${MEMCHECK_K:-launch_boundaries or device_parity_with_torch or grid_float32 or grad_scaler}"
 T0=$SECONDS
 
 gpu=$(nvidia-smi --query-gpu=name --format=csv,noheader | head -n1 | tr ' /' '__')
@@ -66,7 +71,7 @@ fi
 export OMP_NUM_THREADS=2
 if want cuda; then
   log "CUDA tests"
-  timeout "$(left 200)" "$PY" -m pytest -q -p no:cacheprovider -m cuda -n 8 -rfE --tb=short tests \
+  timeout "$(left 200)" "$PY" -m pytest -q -p no:cacheprovider -m cuda -n 8 -rfE --tb=short "${CUDA_TESTS[@]}" \
     >"$dest/pytest_cuda.txt" 2>&1
   echo "pytest exit $?" | tee -a "$LOG"
   grep -E "^(FAILED|ERROR)" "$dest/pytest_cuda.txt" | head -n 40 | tee -a "$LOG"
@@ -78,7 +83,7 @@ if want profile; then
 fi
 if want bench; then
   log "benchmarks"
-  timeout "$(left 200)" "$PY" -m benchmarks --device cuda --only optim --only bn --only dw --only overhead --out "$dest" \
+  timeout "$(left 200)" "$PY" -m benchmarks --device cuda "${BENCH[@]}" --out "$dest" \
     >"$dest/benchmarks.txt" 2>&1
   echo "benchmarks exit $?" | tee -a "$LOG"
   sed -n '/^|/,$p' "$dest/benchmarks.txt" | tee -a "$LOG"
@@ -94,7 +99,7 @@ sanitize() {  # tool, seconds, -k expression, test paths...
   echo "$tool exit $?" | tee -a "$LOG"
   grep -E "ERROR SUMMARY|RACECHECK SUMMARY|Invalid|Race|passed|failed" "$dest/$tool.txt" | tail -n 8 | tee -a "$LOG"
 }
-want memcheck && sanitize memcheck 120 "launch_boundaries or device_parity_with_torch or grid_float32 or grad_scaler" tests/optim tests/nn
+want memcheck && sanitize memcheck 120 "$MEMCHECK_K" tests/optim tests/nn
 want racecheck && sanitize racecheck 90 "device_parity_with_torch or (grid_float32 and k3_s1)" tests/nn
 if ! want cpu; then
   :

@@ -43,9 +43,3 @@ try:
 except ValueError as e:
     print("ValueError raised cleanly:", str(e)[:80])' 2>&1 | tail -n 2
 echo "exit ${PIPESTATUS[0]}"
-echo "--- cuda-gdb backtrace of the crash (raw):"
-cat >"$tmp/crash.py" <<'PYEOF'
-import torch, fusedopt
-torch.ops.fusedopt.batch_norm_train(torch.randn(2, 4, 3), None, None, None, False, -1.0)
-PYEOF
-timeout 100 cuda-gdb -q -batch -ex run -ex "bt 25" --args "$PY" "$tmp/crash.py" 2>&1 | grep -E "^#|SIGSEGV|rror" | head -n 30

@@ -1,5 +1,6 @@
 """The build: what build_info reports, and that a missing or stale extension is refused."""
 import os
+import shutil
 import subprocess
 import sys
 
@@ -77,3 +78,16 @@ def test_import_without_extension_fails_with_instructions():
 def test_set_cpu_simd_rejects_unknown_level():
     with pytest.raises(ValueError, match="unknown SIMD level"):
         fusedopt._C._set_cpu_simd("avx9000")
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux") or shutil.which("readelf") is None
+                    or shutil.which("nm") is None, reason="needs Linux and binutils (readelf, nm)")
+def test_extension_uses_the_shared_libstdcxx():
+    """A second, static libstdc++ inside _C crashed every C++ error message that formats a
+    number (the H200 machine's /opt/gcc g++ linked one in); setup.py names the shared one."""
+    so = fusedopt._C.__file__
+    needed = subprocess.run(["readelf", "-d", so], capture_output=True, text=True, check=True).stdout
+    assert "[libstdc++.so" in needed, needed
+    defined = subprocess.run(["nm", "-D", "--defined-only", so], capture_output=True, text=True, check=True).stdout
+    # std::locale::id::_M_id() lives in libstdc++ itself: defined here only if it was copied in.
+    assert "_ZNKSt6locale2id5_M_idEv" not in defined

@@ -10,6 +10,7 @@
 
 #include "../common/cpu_features.h"
 #include "../common/cpu_memory.h"
+#include "../common/dispatch.h"
 #include "batchnorm_math.h"
 #include "batchnorm_ops.h"
 
@@ -221,7 +222,8 @@ struct CpuBackend {
 
   static void backward(const Prepared& p, const at::Tensor& dy, const at::Tensor* out, const OptTensor& w,
                        const at::Tensor& mean, const at::Tensor& var, bool training, double eps, bool want_sums,
-                       double* sum_dy, double* sum_dy_xmu, double* gw, at::Tensor* dx, at::Tensor* dres) {
+                       double* sum_dy, double* sum_dy_xmu, double* gw, const ParamGrads& pg, at::Tensor* dx,
+                       at::Tensor* dres) {
     const double count = static_cast<double>(p.g.count());
     BwdArgs a = bwd_args(p, dy, out, mean);
     a.var = var.data_ptr();
@@ -253,6 +255,13 @@ struct CpuBackend {
       const double* vv = vd.data_ptr<double>();
       for (int64_t c = 0; c < p.g.C; ++c) gw[c] = grad_weight(sum_dy_xmu[c], vv[c], eps);
     }
+    dispatch_dtype(p.x.scalar_type(), [&](auto, auto s) {
+      using S = decltype(s);
+      for (int64_t c = 0; c < p.g.C; ++c) {
+        if (pg.w) static_cast<S*>(pg.w)[c] = static_cast<S>(gw[c]);
+        if (pg.b) static_cast<S*>(pg.b)[c] = static_cast<S>(sum_dy[c]);
+      }
+    });
   }
 };
 

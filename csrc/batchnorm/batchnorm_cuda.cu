@@ -2,8 +2,10 @@
 //
 // Same checks and layouts as the CPU backend (batchnorm_ops.h), same formulas
 // (batchnorm_math.h). Reductions are deterministic (no float atomics): blocks write
-// per-slice partials, a second kernel merges them per channel in slice order.
-//   planes (NCHW): a grid of channels x slices of the channel's N * inner elements;
+// per-slice partials, a second kernel merges them per channel, a warp per channel in a
+// fixed order.
+//   planes (NCHW): a grid of channels x slices of the channel's N * inner elements,
+//     each thread taking every 256th element of its slice across plane ends (PlaneWalk);
 //     per-thread Welford (sums in the backward), block merge (Chan) in double;
 //   rows (channels_last): blocks of 32 channels x 8 row lanes over slices of rows.
 // The slice counts aim at about four blocks per multiprocessor, since a grid of one
@@ -12,12 +14,11 @@
 // channel of an element costs a division), four elements per thread in flight.
 //
 // A training forward is three launches (partials, merge + coefficients, element pass),
-// a training backward three more, plus the float32 casts of grad_weight and grad_bias.
+// a training backward three more; the merge writes float parameters' grad_weight and
+// grad_bias itself.
 //
-// Tested on an H200 (benchmarks/results/NVIDIA_H200) before the slices, the
-// element-pass unrolling, the reductions' four loads in flight per thread
-// (strided_in_fours) and the coefficients folded into the merge kernels; those are
-// compile-checked only until the next GPU run.
+// benchmarks/results/NVIDIA_H200/README.md says which version of these kernels ran on
+// an H200 and what it measured.
 #include <ATen/core/Tensor.h>
 #include <ATen/cuda/CUDAContext.h>
 #include <ATen/ops/empty.h>
@@ -112,15 +113,33 @@ __device__ __forceinline__ void strided_in_fours(int64_t i, int64_t end, int64_t
 }
 
 // use(load(j)) for the elements j of channel c in slice blockIdx.y of gridDim.y: the
-// channel's N planes of `inner` elements, cut into equal runs in plane order.
+// channel's N planes of `inner` elements, cut into equal runs in plane order. Thread t
+// takes the run's elements t, t + blockDim.x, ..., across plane ends, four loads in
+// flight: walking one plane at a time left each thread of a 14x14 plane one load.
 template <class Load, class Use>
 __device__ __forceinline__ void for_plane_slice(const Geom& g, int64_t c, Load&& load, Use&& use) {
   const int64_t total = g.N * g.inner;
   const int64_t k0 = total * blockIdx.y / gridDim.y, k1 = total * (blockIdx.y + 1) / gridDim.y;
-  for (int64_t n = k0 / g.inner; n < g.N && n * g.inner < k1; ++n) {
-    const int64_t lo = max(k0 - n * g.inner, int64_t(0)), hi = min(k1 - n * g.inner, g.inner);
-    const int64_t off = (n * g.C + c) * g.inner;
-    strided_in_fours(off + lo + threadIdx.x, off + hi, blockDim.x, load, use);
+  const int64_t first = k0 + threadIdx.x;
+  if (first >= k1) return;
+  int64_t left = (k1 - first + blockDim.x - 1) / blockDim.x;  // this thread's elements
+  PlaneWalk w = plane_walk(g.C, g.inner, c, first, blockDim.x);
+  for (; left >= 4; left -= 4) {
+    int64_t o[4];
+#pragma unroll
+    for (int u = 0; u < 4; ++u) {
+      o[u] = w.off;
+      advance(w);
+    }
+    const auto v0 = load(o[0]), v1 = load(o[1]), v2 = load(o[2]), v3 = load(o[3]);
+    use(v0);
+    use(v1);
+    use(v2);
+    use(v3);
+  }
+  for (; left > 0; --left) {
+    use(load(w.off));
+    advance(w);
   }
 }
 
@@ -178,16 +197,31 @@ struct CoeffOut {
   S* bias;
 };
 
+// The merge kernels take one warp per channel: lane l merges slices l, l + 32, ..., then
+// the lanes merge in a fixed tree, so every run gives the same bits. One thread per
+// channel walking up to 512 slices took 160 us on (8,32,112,112) channels_last (H200).
+constexpr int kWarp = 32;
+
+__device__ __forceinline__ int64_t warp_channel() {
+  return (static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x) / kWarp;
+}
+__device__ __forceinline__ double shfl_down(double v, int d) { return __shfl_down_sync(0xffffffffu, v, d); }
+
 template <class S>
-__global__ void stats_rows_final_kernel(const double* part, int slices, int64_t C, S* mean, S* var,
-                                        CoeffOut<S> out) {
-  const int64_t c = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
-  if (c >= C) return;
+__global__ void stats_final_kernel(const double* part, int slices, int64_t C, S* mean, S* var, CoeffOut<S> out) {
+  const int64_t c = warp_channel();
+  if (c >= C) return;  // the whole warp: c is the warp's
+  const int lane = threadIdx.x % kWarp;
   double n = 0, m = 0, m2 = 0;
-  for (int s = 0; s < slices; ++s) {
+  for (int s = lane; s < slices; s += kWarp) {
     const double* p = part + (static_cast<int64_t>(s) * C + c) * 3;
     welford_merge(n, m, m2, p[0], p[1], p[2]);
   }
+  for (int d = kWarp / 2; d > 0; d /= 2) {
+    const double on = shfl_down(n, d), om = shfl_down(m, d), o2 = shfl_down(m2, d);
+    if (lane < d) welford_merge(n, m, m2, on, om, o2);
+  }
+  if (lane != 0) return;
   mean[c] = static_cast<S>(m);
   var[c] = static_cast<S>(biased_var(n, m2));
   if (out.scale != nullptr) {  // from the stored (S) statistics, as fwd_coeffs_kernel
@@ -332,27 +366,43 @@ struct BwdCoeffArgs {
   double eps;
   S* table;  // nullptr: the sums only
   double* gw;
+  S* gw_s;  // grad_weight and grad_bias in S (ParamGrads), or nullptr
+  S* gb_s;
 
   __device__ void write(int64_t c, double sd, double sx) const {
     const BwdCoeffs<S> q = bwd_coeffs<S>(mean[c], var[c], w, c, sd, sx, count, training, eps);
     table[c] = q.mean_dy;
     table[C + c] = q.k;
     table[2 * C + c] = q.a;
-    if (gw) gw[c] = grad_weight(sx, static_cast<double>(var[c]), eps);
+    if (gw) {
+      gw[c] = grad_weight(sx, static_cast<double>(var[c]), eps);
+      if (gw_s) gw_s[c] = static_cast<S>(gw[c]);
+    }
+    if (gb_s) gb_s[c] = static_cast<S>(sd);
   }
 };
 
-// Merges the slices' sums; with q.table, also the coefficients (one launch fewer).
+// Merges the slices' sums, a warp per channel; with q.table, also the coefficients (one
+// launch fewer).
 template <class S>
-__global__ void reduce_rows_final_kernel(const double* part, int slices, int64_t C, double* sum_dy, double* sum_dy_xmu,
-                                         BwdCoeffArgs<S> q) {
-  const int64_t c = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
+__global__ void reduce_final_kernel(const double* part, int slices, int64_t C, double* sum_dy, double* sum_dy_xmu,
+                                    BwdCoeffArgs<S> q) {
+  const int64_t c = warp_channel();
   if (c >= C) return;
+  const int lane = threadIdx.x % kWarp;
   double a = 0, b = 0;
-  for (int s = 0; s < slices; ++s) {
+  for (int s = lane; s < slices; s += kWarp) {
     a += part[(static_cast<int64_t>(s) * C + c) * 2];
     b += part[(static_cast<int64_t>(s) * C + c) * 2 + 1];
   }
+  for (int d = kWarp / 2; d > 0; d /= 2) {
+    const double oa = shfl_down(a, d), ob = shfl_down(b, d);
+    if (lane < d) {
+      a += oa;
+      b += ob;
+    }
+  }
+  if (lane != 0) return;
   sum_dy[c] = a;
   sum_dy_xmu[c] = b;
   if (q.table != nullptr) q.write(c, a, b);
@@ -440,8 +490,8 @@ void stats_into(const Prepared& p, at::Tensor& mean, at::Tensor& var, const OptT
       out.scale = coeffs->data_ptr<S>();
       out.bias = out.scale + p.g.C;
     }
-    stats_rows_final_kernel<S><<<blocks_for(p.g.C), kBlock, 0, stream()>>>(part.data_ptr<double>(), slices, p.g.C,
-                                                                         mean.data_ptr<S>(), var.data_ptr<S>(), out);
+    stats_final_kernel<S><<<blocks_for(p.g.C * kWarp), kBlock, 0, stream()>>>(part.data_ptr<double>(), slices, p.g.C,
+                                                                            mean.data_ptr<S>(), var.data_ptr<S>(), out);
     C10_CUDA_KERNEL_LAUNCH_CHECK();
   });
 }
@@ -485,13 +535,14 @@ struct CoeffRequest {
   bool training;
   double eps;
   double* gw;
+  ParamGrads pg;
   at::Tensor* table;  // {3, C} of the statistics' dtype, written
 };
 
 template <class S>
 BwdCoeffArgs<S> coeff_args(const Prepared& p, const at::Tensor& mean, const CoeffRequest& r) {
   return {mean.data_ptr<S>(), r.var->data_ptr<S>(), *r.w ? (*r.w)->data_ptr<S>() : nullptr, p.g.C, r.count,
-          r.training, r.eps, r.table->data_ptr<S>(), r.gw};
+          r.training, r.eps, r.table->data_ptr<S>(), r.gw, static_cast<S*>(r.pg.w), static_cast<S*>(r.pg.b)};
 }
 
 // Per-channel sums of dy' and dy' * (x - mean), float64; with req, the element pass's
@@ -518,8 +569,8 @@ void reduce_into(const Prepared& p, const at::Tensor& dy, const at::Tensor* out,
     }
     C10_CUDA_KERNEL_LAUNCH_CHECK();
     const BwdCoeffArgs<S> q = req ? coeff_args<S>(p, mean, *req) : BwdCoeffArgs<S>{};
-    reduce_rows_final_kernel<S><<<blocks_for(p.g.C), kBlock, 0, stream()>>>(part.data_ptr<double>(), slices, p.g.C,
-                                                                          sum_dy, sum_dy_xmu, q);
+    reduce_final_kernel<S><<<blocks_for(p.g.C * kWarp), kBlock, 0, stream()>>>(part.data_ptr<double>(), slices, p.g.C,
+                                                                             sum_dy, sum_dy_xmu, q);
     C10_CUDA_KERNEL_LAUNCH_CHECK();
   });
 }
@@ -601,7 +652,7 @@ struct CudaBackend {
                     const at::Tensor& mean, const at::Tensor& var, const double* sum_dy, const double* sum_dy_xmu,
                     double count, double eps, at::Tensor& dx) {
     at::Tensor table = at::empty({3, p.g.C}, mean.options());
-    coeffs_into(p, mean, sum_dy, sum_dy_xmu, {&w, &var, count, true, eps, nullptr, &table});
+    coeffs_into(p, mean, sum_dy, sum_dy_xmu, {&w, &var, count, true, eps, nullptr, {}, &table});
     elemt_pass(p, dy, out, mean, table, &dx, nullptr);
   }
 
@@ -609,9 +660,10 @@ struct CudaBackend {
   // out of the sums' merge kernel; without, from their own small kernel.
   static void backward(const Prepared& p, const at::Tensor& dy, const at::Tensor* out, const OptTensor& w,
                        const at::Tensor& mean, const at::Tensor& var, bool training, double eps, bool want_sums,
-                       double* sum_dy, double* sum_dy_xmu, double* gw, at::Tensor* dx, at::Tensor* dres) {
+                       double* sum_dy, double* sum_dy_xmu, double* gw, const ParamGrads& pg, at::Tensor* dx,
+                       at::Tensor* dres) {
     at::Tensor table = at::empty({3, p.g.C}, mean.options());
-    const CoeffRequest req{&w, &var, static_cast<double>(p.g.count()), training, eps, gw, &table};
+    const CoeffRequest req{&w, &var, static_cast<double>(p.g.count()), training, eps, gw, pg, &table};
     if (want_sums)
       reduce_into(p, dy, out, mean, sum_dy, sum_dy_xmu, &req);
     else

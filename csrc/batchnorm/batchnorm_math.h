@@ -40,6 +40,38 @@ FO_HD void welford_merge(double& n_a, double& mean_a, double& m2_a, double n_b, 
 }
 FO_HD void welford_merge(Welford& a, const Welford& b) { welford_merge(a.n, a.mean, a.m2, b.n, b.mean, b.m2); }
 
+// A walk over one channel's N * inner elements (planes layout: element i of plane n at
+// (n * C + c) * inner + i) at a fixed step, without a division per element: the CUDA
+// reductions' threads take every step-th element of a run that crosses planes, so that
+// small planes (14x14) still give each thread several loads in flight. off is the
+// current element's offset in the tensor, i its place in its plane.
+struct PlaneWalk {
+  int64_t off, i;
+  int64_t inner, di;  // step = whole planes + di elements, di < inner
+  int64_t jump;       // offset change of one step that stays within the plane reached
+  int64_t wrap;       // extra change where i passes the plane's end
+};
+// Starts at the channel's k-th element.
+FO_HD PlaneWalk plane_walk(int64_t C, int64_t inner, int64_t c, int64_t k, int64_t step) {
+  const int64_t n = k / inner, dn = step / inner;
+  PlaneWalk w;
+  w.i = k - n * inner;
+  w.off = (n * C + c) * inner + w.i;
+  w.inner = inner;
+  w.di = step - dn * inner;
+  w.jump = dn * C * inner + w.di;
+  w.wrap = (C - 1) * inner;
+  return w;
+}
+FO_HD void advance(PlaneWalk& w) {
+  w.off += w.jump;
+  w.i += w.di;
+  if (w.i >= w.inner) {
+    w.i -= w.inner;
+    w.off += w.wrap;
+  }
+}
+
 // Biased variance (the one that normalises) from M2.
 FO_HD double biased_var(double n, double m2) { return n > 0.0 ? m2 / n : 0.0; }
 

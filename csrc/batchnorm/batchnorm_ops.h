@@ -233,10 +233,18 @@ void with_update_stats(const at::Tensor& m, const at::Tensor& v, const F& f) {
 //   update_stats(running_mean, running_var, mean64, var64, momentum, num_batches_tracked, count)
 //   reduce(p, dy, out, mean, sum_dy, sum_dy_xmu)     per-channel backward sums (double[C])
 //   elemt(p, dy, out, w, mean, var, sum_dy, sum_dy_xmu, count, eps, dx)   grad_input from given sums
-//   backward(p, dy, out, w, mean, var, training, eps, want_sums, sum_dy, sum_dy_xmu, gw, dx, dres)
-//                                        sums (when wanted), grad_weight (gw not null) and the
-//                                        element pass (dx / dres not null) of one backward call
+//   backward(p, dy, out, w, mean, var, training, eps, want_sums, sum_dy, sum_dy_xmu, gw, pg, dx, dres)
+//                                        sums (when wanted), grad_weight (gw not null; also
+//                                        into pg.w, pg.b as ParamGrads says) and the element
+//                                        pass (dx / dres not null) of one backward call
 // where out is the forward output for the relu mask, or null.
+// grad_weight and grad_bias written by the backend in the math dtype (S), from its
+// float64 grad_weight and sum_dy; null: not wanted there.
+struct ParamGrads {
+  void* w = nullptr;
+  void* b = nullptr;
+};
+
 template <class B>
 struct Ops {
   static std::tuple<at::Tensor, at::Tensor, at::Tensor> train(const at::Tensor& input, const OptTensor& weight,
@@ -285,24 +293,35 @@ struct Ops {
     const Prepared p = prepare_input(input, op);
     const typename B::Guard guard(p.x);
     const auto [dy, m, v, out, w] = grad_args(p, grad_out, weight, mean, var, output, relu, eps, op);
-    // Separate tensors: outputs of an op must not alias each other. The kernels write
-    // every sum that is returned (want_sums whenever grad_weight or grad_bias is asked
-    // for); only an empty batch needs zeros.
-    at::Tensor sdy = channel_empty(p, c10::kDouble), sdx = channel_empty(p, c10::kDouble);
-    at::Tensor gw64 = channel_empty(p, c10::kDouble);
+    // grad_weight and grad_bias come back in the parameters' dtype. Where that is the math
+    // dtype (float parameters: the usual case) the backend writes them, else they are cast
+    // from the float64 scratch rows here; casting in every case cost two launches on the
+    // GPU. The kernels write every sum that is returned (want_sums whenever grad_weight or
+    // grad_bias is asked for); only an empty batch needs zeros.
+    const auto param_dtype = weight.has_value() && weight->defined() ? weight->scalar_type() : p.acc;
+    const bool direct = param_dtype == p.acc;
+    at::Tensor sums = at::empty({3, p.g.C}, p.x.options().dtype(c10::kDouble));  // sum_dy, sum_dy_xmu, gw
+    double* sdy = sums.data_ptr<double>();
+    at::Tensor gw = mask[1] && direct ? channel_empty(p, p.acc) : at::Tensor();
+    at::Tensor gb = mask[2] && direct ? channel_empty(p, p.acc) : at::Tensor();
     at::Tensor dx = mask[0] ? B::output(p) : at::Tensor();
     at::Tensor dres = mask[3] ? B::output(p) : at::Tensor();
     if (p.g.C > 0 && p.x.numel() > 0) {
-      B::backward(p, dy, relu ? &out : nullptr, w, m, v, training, eps, training || mask[1] || mask[2],
-                  sdy.data_ptr<double>(), sdx.data_ptr<double>(), mask[1] ? gw64.data_ptr<double>() : nullptr,
-                  mask[0] ? &dx : nullptr, mask[3] ? &dres : nullptr);
+      const ParamGrads pg{gw.defined() ? gw.data_ptr() : nullptr, gb.defined() ? gb.data_ptr() : nullptr};
+      B::backward(p, dy, relu ? &out : nullptr, w, m, v, training, eps, training || mask[1] || mask[2], sdy,
+                  sdy + p.g.C, mask[1] ? sdy + 2 * p.g.C : nullptr, pg, mask[0] ? &dx : nullptr,
+                  mask[3] ? &dres : nullptr);
     } else {
-      sdy.zero_();
-      gw64.zero_();
+      sums.zero_();
+      if (gw.defined()) gw.zero_();
+      if (gb.defined()) gb.zero_();
     }
-    const auto param_dtype = weight.has_value() && weight->defined() ? weight->scalar_type() : p.acc;
-    return {mask[0] ? dx : not_requested(p.x), mask[1] ? gw64.to(param_dtype) : not_requested(m),
-            mask[2] ? sdy.to(param_dtype) : not_requested(m), mask[3] ? dres : not_requested(p.x)};
+    const auto param_grad = [&](bool wanted, const at::Tensor& typed, int64_t row) {
+      if (!wanted) return not_requested(m);
+      return direct ? typed : sums[row].to(param_dtype);
+    };
+    return {mask[0] ? dx : not_requested(p.x), param_grad(mask[1], gw, 2), param_grad(mask[2], gb, 0),
+            mask[3] ? dres : not_requested(p.x)};
   }
 
   // SyncBatchNorm's pieces: local statistics, local backward sums, and the element pass

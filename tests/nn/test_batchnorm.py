@@ -620,6 +620,7 @@ def test_device_parity_with_torch(device, channels_last, dtype, shape):
     _close(yf.cpu(), yr.cpu(), dtype, "out")
     _close(xf.grad.cpu(), xr.grad.cpu(), dtype, "grad_input", scale=4)
     _close(fused.weight.grad.cpu(), ref.weight.grad.cpu(), dtype, "grad_weight", scale=50)
+    _close(fused.bias.grad.cpu(), ref.bias.grad.cpu(), dtype, "grad_bias", scale=50)
     _close(fused.running_var.cpu(), ref.running_var.cpu(), dtype, "running_var")
     yg = fused_relu(xg, z)
     _close(yg.cpu(), relu_ref(yr.detach() + z).cpu(), dtype, "bn+residual+relu out")
