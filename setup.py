@@ -109,10 +109,12 @@ def ext_modules():
     # types on purpose (see csrc/common/macros.h).
     cxx = ["-O3", "-std=c++20", "-fopenmp", "-Wno-psabi", "-Wno-subobject-linkage"]
     nvcc = ["-O3", "-std=c++20", "-lineinfo"] + os.environ.get("FUSEDOPT_NVCC_FLAGS", "").split()
-    # The shared libstdc++ named ahead of the compiler's own: a g++ that links it
-    # statically (the H200 machine's /opt/gcc did) put a second copy in _C, and every C++
-    # error whose message formats a number then crashed under torch's libstdc++.
-    link = ["-fopenmp"] + (["-lstdc++"] if sys.platform.startswith("linux") else [])
+    # A g++ that links libstdc++ statically (the H200 machine's /opt/gcc, GCC 13 headers,
+    # beside the newer libstdc++.so.6.0.33 that torch loads) left the copy's symbols
+    # exported; data of one runtime then met code of the other, and every C++ error
+    # message that formats a number crashed (benchmarks/results/NVIDIA_H200). With
+    # --exclude-libs such a copy stays private; a shared libstdc++ is not affected.
+    link = ["-fopenmp"] + (["-Wl,--exclude-libs,ALL"] if sys.platform.startswith("linux") else [])
     include_dirs = [os.path.join(ROOT, "csrc"), generated]
     if with_cuda:
         # cuBLAS/cuSPARSE headers ship in the nvidia wheels, not always in the toolkit.
