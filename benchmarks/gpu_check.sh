@@ -79,7 +79,7 @@ if want cuda; then
 fi
 if want profile; then
   log "batch norm kernels, fusedopt against torch (torch.profiler)"
-  timeout "$(left 120)" "$PY" benchmarks/gpu_profile_bn.py 2>&1 | tee "$dest/profile_bn.txt" | tee -a "$LOG"
+  timeout "$(left 120)" "$PY" -m benchmarks.gpu_profile_bn 2>&1 | tee "$dest/profile_bn.txt" | tee -a "$LOG"
 fi
 if want bench; then
   log "benchmarks"

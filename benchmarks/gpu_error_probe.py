@@ -9,6 +9,7 @@ runs in its own process, so one crash does not hide the others; torch's own erro
 are the control. Prints one line per probe: ok (the expected exception), or how the
 process ended. Run by benchmarks/gpu_check.sh; usable on any machine.
 """
+import os
 import shutil
 import subprocess
 import sys
@@ -43,8 +44,10 @@ def backtrace(code):
         return "no cuda-gdb here for a C++ backtrace"
     with tempfile.NamedTemporaryFile("w", suffix=".py", delete=False) as f:
         f.write(code)
+    # The script runs from the temporary folder: fusedopt is found through PYTHONPATH.
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [os.getcwd(), os.environ.get("PYTHONPATH")])))
     r = subprocess.run(["cuda-gdb", "-q", "-batch", "-ex", "run", "-ex", "bt 30", "--args", sys.executable, f.name],
-                       capture_output=True, text=True, timeout=90)
+                       capture_output=True, text=True, timeout=90, env=env)
     return "\n".join(line for line in r.stdout.splitlines() if line.startswith("#"))
 
 

@@ -50,9 +50,12 @@ TORCH_LIBRARY(fusedopt, m) {
   // Functional ops (autograd: batchnorm_autograd.cpp, and for double backward
   // fusedopt/nn/_batchnorm_ops.py).
   // Per-channel mean/var are float32 (float64 for float64 inputs); var is biased.
-  // Training forward: batch statistics, normalise, affine, + residual, relu.
-  m.def("batch_norm_train(Tensor input, Tensor? weight, Tensor? bias, Tensor? residual, bool relu, float eps) "
-        "-> (Tensor out, Tensor mean, Tensor var)");
+  // Training forward: batch statistics, normalise, affine, + residual, relu. With
+  // running_mean and running_var, also counts num_batches_tracked (if given) and updates
+  // them as batch_norm_update_stats_ does, inside the op (one op call per forward).
+  m.def("batch_norm_train(Tensor input, Tensor? weight, Tensor? bias, Tensor? residual, bool relu, float eps, "
+        "Tensor(a!)? running_mean=None, Tensor(b!)? running_var=None, float? momentum=None, "
+        "Tensor(c!)? num_batches_tracked=None) -> (Tensor out, Tensor mean, Tensor var)");
   // Forward with given statistics (eval mode: the running ones).
   m.def("batch_norm_eval(Tensor input, Tensor mean, Tensor var, Tensor? weight, Tensor? bias, Tensor? residual, "
         "bool relu, float eps) -> Tensor");

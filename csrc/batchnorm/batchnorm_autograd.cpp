@@ -22,7 +22,8 @@ using torch::autograd::variable_list;
 using OptTensor = std::optional<Tensor>;
 
 using TrainSig = std::tuple<Tensor, Tensor, Tensor>(const Tensor&, const OptTensor&, const OptTensor&,
-                                                     const OptTensor&, bool, double);
+                                                     const OptTensor&, bool, double, const OptTensor&,
+                                                     const OptTensor&, std::optional<double>, const OptTensor&);
 using EvalSig = Tensor(const Tensor&, const Tensor&, const Tensor&, const OptTensor&, const OptTensor&,
                        const OptTensor&, bool, double);
 using BackwardSig = std::tuple<Tensor, Tensor, Tensor, Tensor>(const Tensor&, const Tensor&, const OptTensor&,
@@ -68,10 +69,18 @@ Tensor mean_var_grad(const Tensor& input, const Tensor& mean, const Tensor& g_me
 
 struct TrainFunction : public torch::autograd::Function<TrainFunction> {
   static variable_list forward(AutogradContext* ctx, const Tensor& input, const OptTensor& weight,
-                               const OptTensor& bias, const OptTensor& residual, bool relu, double eps) {
+                               const OptTensor& bias, const OptTensor& residual, bool relu, double eps,
+                               const OptTensor& running_mean, const OptTensor& running_var,
+                               std::optional<double> momentum, const OptTensor& num_batches_tracked) {
     static const auto op = fusedopt_op<TrainSig>("fusedopt::batch_norm_train");
-    at::AutoDispatchBelowADInplaceOrView below;
-    auto [out, mean, var] = op.call(input, weight, bias, residual, relu, eps);
+    auto [out, mean, var] = [&] {
+      at::AutoDispatchBelowADInplaceOrView below;
+      return op.call(input, weight, bias, residual, relu, eps, running_mean, running_var, momentum,
+                     num_batches_tracked);
+    }();
+    // The buffers written in place get a new version, as below ADInplaceOrView.
+    for (const OptTensor* t : {&running_mean, &running_var, &num_batches_tracked})
+      if (t->has_value() && (*t)->defined() && !(*t)->is_inference()) (*t)->unsafeGetTensorImpl()->bump_version();
     ctx->set_materialize_grads(false);
     save(ctx, input, weight, bias, residual, mean, var, out, relu, eps);
     return {out, mean, var};
@@ -87,7 +96,7 @@ struct TrainFunction : public torch::autograd::Function<TrainFunction> {
       const Tensor extra = mean_var_grad(s[0], s[2], grads[1], grads[2]);
       gi = gi.defined() ? gi + extra : extra;
     }
-    return {gi, gw, gb, gr, Tensor(), Tensor()};
+    return {gi, gw, gb, gr, Tensor(), Tensor(), Tensor(), Tensor(), Tensor(), Tensor()};
   }
 };
 
@@ -112,8 +121,12 @@ struct EvalFunction : public torch::autograd::Function<EvalFunction> {
 };
 
 std::tuple<Tensor, Tensor, Tensor> train_autograd(const Tensor& input, const OptTensor& weight, const OptTensor& bias,
-                                                  const OptTensor& residual, bool relu, double eps) {
-  auto r = TrainFunction::apply(input, weight, bias, residual, relu, eps);
+                                                  const OptTensor& residual, bool relu, double eps,
+                                                  const OptTensor& running_mean, const OptTensor& running_var,
+                                                  std::optional<double> momentum,
+                                                  const OptTensor& num_batches_tracked) {
+  auto r = TrainFunction::apply(input, weight, bias, residual, relu, eps, running_mean, running_var, momentum,
+                                num_batches_tracked);
   return {r[0], r[1], r[2]};
 }
 

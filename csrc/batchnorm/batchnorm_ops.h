@@ -19,6 +19,7 @@
 #include <tuple>
 #include <utility>
 
+#include "../common/optional_tensor.h"
 #include "batchnorm_kernels.h"
 
 namespace fusedopt {
@@ -174,11 +175,10 @@ inline bool trivial_stats(const Prepared& p, at::Tensor& mean, at::Tensor& var) 
 
 // Checks of batch_norm_update_stats_, the same on every backend. Returns the batch
 // mean and var as contiguous float64 tensors.
-inline std::pair<at::Tensor, at::Tensor> check_update_stats(const at::Tensor& running_mean,
-                                                            const at::Tensor& running_var, const at::Tensor& mean,
-                                                            const at::Tensor& var, std::optional<double> momentum,
-                                                            const OptTensor& num_batches_tracked, int64_t count) {
-  const char* op = "fusedopt::batch_norm_update_stats_";
+inline std::pair<at::Tensor, at::Tensor> check_update_stats(
+    const at::Tensor& running_mean, const at::Tensor& running_var, const at::Tensor& mean, const at::Tensor& var,
+    std::optional<double> momentum, const OptTensor& num_batches_tracked, int64_t count,
+    const char* op = "fusedopt::batch_norm_update_stats_") {
   const int64_t C = running_mean.numel();
   auto check = [&](const at::Tensor& t, const char* name) {
     TORCH_CHECK_VALUE(t.dim() == 1 && t.numel() == C, op, ": ", name, " should contain ", C, " elements, got shape ",
@@ -197,9 +197,9 @@ inline std::pair<at::Tensor, at::Tensor> check_update_stats(const at::Tensor& ru
   TORCH_CHECK_TYPE(running_mean.scalar_type() == running_var.scalar_type(), op,
                    ": running_mean and running_var must have one dtype");
   TORCH_CHECK_VALUE(count >= 0, op, ": count must be non-negative, got ", count);
-  if (!momentum.has_value()) {
-    TORCH_CHECK_VALUE(num_batches_tracked.has_value() && num_batches_tracked->defined(), op,
-                      ": momentum=None (cumulative average) needs num_batches_tracked");
+  TORCH_CHECK_VALUE(momentum.has_value() || given(num_batches_tracked), op,
+                    ": momentum=None (cumulative average) needs num_batches_tracked");
+  if (given(num_batches_tracked)) {
     const at::Tensor& n = *num_batches_tracked;
     TORCH_CHECK_VALUE(n.numel() == 1 && n.scalar_type() == c10::kLong && n.device() == running_mean.device(), op,
                       ": num_batches_tracked must be a one-element int64 tensor on ", running_mean.device(), ", got ",
@@ -249,15 +249,32 @@ template <class B>
 struct Ops {
   static std::tuple<at::Tensor, at::Tensor, at::Tensor> train(const at::Tensor& input, const OptTensor& weight,
                                                               const OptTensor& bias, const OptTensor& residual,
-                                                              bool relu, double eps) {
+                                                              bool relu, double eps, const OptTensor& running_mean,
+                                                              const OptTensor& running_var,
+                                                              std::optional<double> momentum,
+                                                              const OptTensor& num_batches_tracked) {
     const char* op = "fusedopt::batch_norm_train";
     const Prepared p = prepare_input(input, op);
     const typename B::Guard guard(p.x);
     const AffineArgs affine = affine_args(p, weight, bias, residual, eps, op);
     at::Tensor y = B::output(p);
     at::Tensor mean = channel_empty(p, p.acc), var = channel_empty(p, p.acc);
-    if (trivial_stats(p, mean, var)) return {y, mean, var};
-    B::train(p, affine, relu, eps, y, mean, var);
+    // The running buffers are checked before anything is written (the statistics are
+    // this op's own float32/float64 outputs, so the check passes them through uncast).
+    const bool update = given(running_mean) || given(running_var);
+    if (update) {
+      TORCH_CHECK_VALUE(given(running_mean) && given(running_var), op,
+                        ": running_mean and running_var must both be given or both be None");
+      TORCH_CHECK_VALUE(running_mean->numel() == p.g.C, op, ": running_mean should contain ", p.g.C,
+                        " elements (one per channel of the input), not ", running_mean->numel());
+      check_update_stats(*running_mean, *running_var, mean, var, momentum, num_batches_tracked, p.g.count(), op);
+    }
+    if (!trivial_stats(p, mean, var)) B::train(p, affine, relu, eps, y, mean, var);
+    if (update) {
+      if (given(num_batches_tracked)) num_batches_tracked->add_(1);  // torch counts an empty batch too
+      if (p.g.C > 0 && p.g.count() > 0)
+        B::update_stats(*running_mean, *running_var, mean, var, momentum, num_batches_tracked, p.g.count());
+    }
     return {y, mean, var};
   }
 

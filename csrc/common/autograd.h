@@ -11,13 +11,13 @@
 #include <array>
 #include <optional>
 
+#include "optional_tensor.h"
+
 namespace fusedopt {
 
 inline std::optional<at::Tensor> opt_tensor(const at::Tensor& t) {
   return t.defined() ? std::optional<at::Tensor>(t) : std::nullopt;
 }
-
-inline bool given(const std::optional<at::Tensor>& t) { return t.has_value() && t->defined(); }
 
 // ctx->needs_input_grad counts only the tensor arguments that were given (the graph's
 // edges); this maps it back to argument order. given[i]: argument i was a tensor.

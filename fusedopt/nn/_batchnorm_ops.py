@@ -33,8 +33,10 @@ def _channels(input, dtype):
 # ---------------------------------------------------------------- fakes
 
 @torch.library.register_fake("fusedopt::batch_norm_train")
-def _train_fake(input, weight, bias, residual, relu, eps):
-    same_device("batch_norm_train", input, weight=weight, bias=bias, residual=residual)
+def _train_fake(input, weight, bias, residual, relu, eps, running_mean=None, running_var=None, momentum=None,
+                num_batches_tracked=None):
+    same_device("batch_norm_train", input, weight=weight, bias=bias, residual=residual, running_mean=running_mean,
+                running_var=running_var, num_batches_tracked=num_batches_tracked)
     acc = _math_dtype(input.dtype)
     return _like_input(input), _channels(input, acc), _channels(input, acc)
 

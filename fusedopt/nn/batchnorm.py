@@ -67,17 +67,15 @@ def batch_norm_impl(input, running_mean, running_var, weight, bias, residual, re
             out = out + residual
         return torch.relu(out) if relu else out
     if training:
-        out, mean, var = ops.batch_norm_train(input, weight, bias, residual, relu, eps)
-        if num_batches_tracked is not None:
-            num_batches_tracked.add_(1)
-        if running_mean is not None:
-            if momentum is None and num_batches_tracked is None:
-                momentum = 0.0  # torch's modules: no counter, no cumulative average
-            count = input.numel() // input.shape[1]
-            ops.batch_norm_update_stats_(running_mean, running_var, mean.detach(), var.detach(),
-                                         None if momentum is None else float(momentum),
-                                         num_batches_tracked if momentum is None else None, count)
-        return out
+        if running_mean is None:
+            if num_batches_tracked is not None:
+                num_batches_tracked.add_(1)
+            return ops.batch_norm_train(input, weight, bias, residual, relu, eps)[0]
+        if momentum is None and num_batches_tracked is None:
+            momentum = 0.0  # torch's modules: no counter, no cumulative average
+        # One op: statistics, output, the counter and the running statistics.
+        return ops.batch_norm_train(input, weight, bias, residual, relu, eps, running_mean, running_var,
+                                    None if momentum is None else float(momentum), num_batches_tracked)[0]
     if running_mean is None:
         raise RuntimeError("batch_norm: running_mean must be defined in evaluation mode")
     return ops.batch_norm_eval(input, running_mean, running_var, weight, bias, residual, relu, eps)

@@ -33,7 +33,7 @@ def test_adam_op_opcheck_on_cuda():
     torch.library.opcheck(torch.ops.fusedopt.adam_.default, _to_cuda(args))
 
 
-@pytest.mark.parametrize("i", range(11))
+@pytest.mark.parametrize("i", range(13))
 def test_batch_norm_ops_opcheck_on_cuda(i):
     op, args = _bn_cases()[i]
     torch.library.opcheck(op, _to_cuda(args))

@@ -536,6 +536,43 @@ def test_errors():
         ops.batch_norm_eval(torch.randn(2, 4), torch.zeros(4), torch.ones(4), None, None, None, False, -1.0)
 
 
+@pytest.mark.parametrize("momentum", [0.3, None])
+@pytest.mark.parametrize("channels_last", [False, True])
+def test_train_op_updates_running_stats_as_the_update_op(channels_last, momentum):
+    """batch_norm_train with the running buffers counts the batch and moves the buffers
+    exactly as batch_norm_train then batch_norm_update_stats_ (the SyncBatchNorm path)."""
+    torch.manual_seed(14)
+    x = _layout(torch.randn(5, 6, 7, 3) * 3 + 1, channels_last)
+    rm, rv, n = torch.randn(6), torch.rand(6) + 0.5, torch.tensor(4)
+    rm2, rv2, n2 = rm.clone(), rv.clone(), n.clone()
+    out, mean, var = ops.batch_norm_train(x, None, None, None, False, 1e-5, rm, rv, momentum, n)
+    out2, mean2, var2 = ops.batch_norm_train(x, None, None, None, False, 1e-5)
+    n2.add_(1)
+    ops.batch_norm_update_stats_(rm2, rv2, mean2, var2, momentum, n2, 5 * 7 * 3)
+    assert int(n) == 5
+    for got, want in ((out, out2), (mean, mean2), (var, var2), (rm, rm2), (rv, rv2)):
+        assert torch.equal(got, want)
+    assert not torch.equal(rm, torch.zeros(6))
+
+
+def test_train_op_rejects_bad_running_buffers_before_writing():
+    x = torch.randn(2, 4, 3)
+    rm, rv, n = torch.randn(4), torch.rand(4) + 0.5, torch.tensor(7)
+    before = [t.clone() for t in (rm, rv, n)]
+    cases = [
+        ((torch.randn(3), torch.rand(3), 0.1, n), ValueError, "running_mean should contain 4 elements"),
+        ((rm, None, 0.1, n), ValueError, "running_mean and running_var must both be given"),
+        ((rm, rv.double(), 0.1, n), TypeError, "running_mean and running_var must have one dtype"),
+        ((rm, rv, None, None), ValueError, "momentum=None .* needs num_batches_tracked"),
+        ((rm, rv, 0.1, torch.tensor(7.0)), ValueError, "num_batches_tracked must be a one-element int64"),
+    ]
+    for args, err, msg in cases:
+        with pytest.raises(err, match=msg):
+            ops.batch_norm_train(x, None, None, None, False, 1e-5, *args)
+        for t, b in zip((rm, rv, n), before):
+            assert torch.equal(t, b)
+
+
 def _opcheck_cases():
     torch.manual_seed(10)
     x = torch.randn(3, 4, 5, 2)
@@ -547,6 +584,9 @@ def _opcheck_cases():
     return [
         (ops.batch_norm_train, (x.requires_grad_(), w.requires_grad_(), b, z, True, 1e-5)),
         (ops.batch_norm_train, (xcl, None, None, None, False, 1e-3)),
+        (ops.batch_norm_train, (x, w, b, None, False, 1e-5, torch.randn(4), torch.rand(4) + 0.5, 0.1, None)),
+        (ops.batch_norm_train, (xcl, w, None, None, False, 1e-5, torch.randn(4), torch.rand(4) + 0.5, None,
+                                torch.tensor(2))),
         (ops.batch_norm_eval, (x, mean, var, w, b, None, False, 1e-5)),
         (ops.batch_norm_eval, (xcl, mean, var, w, b, z, True, 1e-5)),
         (ops.batch_norm_update_stats_, (torch.randn(4), torch.rand(4), mean, var, 0.1, None, 30)),
@@ -559,7 +599,7 @@ def _opcheck_cases():
     ]
 
 
-@pytest.mark.parametrize("i", range(11))
+@pytest.mark.parametrize("i", range(13))
 def test_opcheck(i):
     op, args = _opcheck_cases()[i]
     torch.library.opcheck(op, args)
