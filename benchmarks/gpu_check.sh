@@ -1,16 +1,17 @@
 #!/usr/bin/env bash
 # One call on a machine with an NVIDIA GPU: build for its architecture, run the CUDA
 # tests, benchmark against torch, then compute-sanitizer (memcheck, racecheck) over a
-# small CUDA subset. Results land in benchmarks/results/<gpu-name>/; when OUT is set
-# (the lent device machine) they are also packed into $OUT/gpu_check.tar.gz.
+# small CUDA subset. Results land in benchmarks/results/<gpu-name>/latest/ (earlier
+# runs, kept in sibling folders, are left alone); when OUT is set (the lent device
+# machine) they are also packed into $OUT/gpu_check.tar.gz.
 #
 # Uses the Python environment it is started in (torch with CUDA must be installed); it
 # does not create one, because GPU machines usually come with their own torch.
 #
 # BUDGET_S (default 600) caps the whole script: each step gets what is left of it, up
 # to its own limit, and the sanitizer steps are skipped when too little is left.
-# STEPS picks the steps after the build, in their fixed order (default: all but libs and
-# profile): probe libs cuda profile bench memcheck racecheck cpu. CUDA_TESTS (default
+# STEPS picks the steps after the build, in their fixed order (default: all but libs):
+# probe libs cuda profile bench memcheck racecheck cpu. CUDA_TESTS (default
 # "tests") and BENCH (default "--only optim --only bn --only dw --only overhead") narrow
 # the CUDA tests and the benchmarks, MEMCHECK_K the memcheck subset.
 set -uo pipefail
@@ -19,7 +20,7 @@ cd "$ROOT"
 PY="${PYTHON:-python3}"
 export PYTHONUNBUFFERED=1
 BUDGET_S="${BUDGET_S:-600}"
-STEPS=" ${STEPS:-probe cuda bench memcheck racecheck cpu} "
+STEPS=" ${STEPS:-probe cuda profile bench memcheck racecheck cpu} "
 want() { [[ $STEPS == *" $1 "* ]]; }
 read -r -a CUDA_TESTS <<<"${CUDA_TESTS:-tests}"
 read -r -a BENCH <<<"${BENCH:---only optim --only bn --only dw --only overhead}"
@@ -28,7 +29,7 @@ T0=$SECONDS
 
 gpu=$(nvidia-smi --query-gpu=name --format=csv,noheader | head -n1 | tr ' /' '__')
 arch=$("$PY" -c 'import torch; m, n = torch.cuda.get_device_capability(); print(f"{m}.{n}")')
-dest="$ROOT/benchmarks/results/$gpu"
+dest="$ROOT/benchmarks/results/$gpu/latest"
 rm -rf "$dest"  # a fresh set: no file of an earlier run mixed in
 mkdir -p "$dest"
 LOG="$dest/gpu_check.log"
@@ -38,7 +39,7 @@ log() { printf '\n==> [%4ds] %s\n' "$((SECONDS - T0))" "$*" | tee -a "$LOG"; }
 left() { local l=$((BUDGET_S - (SECONDS - T0) - 15)); ((l > $1)) && l=$1; echo $((l > 1 ? l : 1)); }
 pack() {
   [[ -n "${OUT:-}" ]] || return 0
-  tar -czf "$OUT/gpu_check.tar.gz" -C "$ROOT/benchmarks/results" "$gpu"
+  tar -czf "$OUT/gpu_check.tar.gz" -C "$ROOT/benchmarks/results/$gpu" latest
   cp "$LOG" "$OUT/gpu_check.log"
 }
 trap pack EXIT
