@@ -80,7 +80,7 @@ struct TrainFunction : public torch::autograd::Function<TrainFunction> {
     }();
     // The buffers written in place get a new version, as below ADInplaceOrView.
     for (const OptTensor* t : {&running_mean, &running_var, &num_batches_tracked})
-      if (t->has_value() && (*t)->defined() && !(*t)->is_inference()) (*t)->unsafeGetTensorImpl()->bump_version();
+      if (given(*t) && !(*t)->is_inference()) (*t)->unsafeGetTensorImpl()->bump_version();
     ctx->set_materialize_grads(false);
     save(ctx, input, weight, bias, residual, mean, var, out, relu, eps);
     return {out, mean, var};

@@ -97,19 +97,34 @@ __device__ void block_sum2(double& a, double& b) {
 
 // ---------------------------------------------------------------- statistics
 
-// use(load(i)) for i = first, first + step, ... < end, in that order, with four loads
-// issued before their uses: a reduction's running sums would otherwise leave each thread
-// one load in flight. Same order as one at a time, so the same bits.
-template <class Load, class Use>
-__device__ __forceinline__ void strided_in_fours(int64_t i, int64_t end, int64_t step, Load&& load, Use&& use) {
-  for (; i + 3 * step < end; i += 4 * step) {
-    const auto v0 = load(i), v1 = load(i + step), v2 = load(i + 2 * step), v3 = load(i + 3 * step);
+// use(load(next())) `count` times, in that order, with four loads issued before their
+// uses: a reduction's running sums would otherwise leave each thread one load in flight.
+// Same order as one at a time, so the same bits.
+template <class Next, class Load, class Use>
+__device__ __forceinline__ void in_fours(int64_t count, Next&& next, Load&& load, Use&& use) {
+  for (; count >= 4; count -= 4) {
+    const int64_t i0 = next(), i1 = next(), i2 = next(), i3 = next();
+    const auto v0 = load(i0), v1 = load(i1), v2 = load(i2), v3 = load(i3);
     use(v0);
     use(v1);
     use(v2);
     use(v3);
   }
-  for (; i < end; i += step) use(load(i));
+  for (; count > 0; --count) use(load(next()));
+}
+
+// use(load(i)) for i = first, first + step, ... < end, four loads in flight.
+template <class Load, class Use>
+__device__ __forceinline__ void strided_in_fours(int64_t i, int64_t end, int64_t step, Load&& load, Use&& use) {
+  if (i >= end) return;
+  in_fours(
+      (end - i + step - 1) / step,
+      [&] {
+        const int64_t j = i;
+        i += step;
+        return j;
+      },
+      load, use);
 }
 
 // use(load(j)) for the elements j of channel c in slice blockIdx.y of gridDim.y: the
@@ -122,25 +137,15 @@ __device__ __forceinline__ void for_plane_slice(const Geom& g, int64_t c, Load&&
   const int64_t k0 = total * blockIdx.y / gridDim.y, k1 = total * (blockIdx.y + 1) / gridDim.y;
   const int64_t first = k0 + threadIdx.x;
   if (first >= k1) return;
-  int64_t left = (k1 - first + blockDim.x - 1) / blockDim.x;  // this thread's elements
   PlaneWalk w = plane_walk(g.C, g.inner, c, first, blockDim.x);
-  for (; left >= 4; left -= 4) {
-    int64_t o[4];
-#pragma unroll
-    for (int u = 0; u < 4; ++u) {
-      o[u] = w.off;
-      advance(w);
-    }
-    const auto v0 = load(o[0]), v1 = load(o[1]), v2 = load(o[2]), v3 = load(o[3]);
-    use(v0);
-    use(v1);
-    use(v2);
-    use(v3);
-  }
-  for (; left > 0; --left) {
-    use(load(w.off));
-    advance(w);
-  }
+  in_fours(
+      (k1 - first + blockDim.x - 1) / blockDim.x,  // this thread's elements
+      [&] {
+        const int64_t off = w.off;
+        advance(w);
+        return off;
+      },
+      load, use);
 }
 
 // Partials (n, mean, m2) of channel blockIdx.x over slice blockIdx.y.
@@ -375,8 +380,9 @@ struct BwdCoeffArgs {
     table[C + c] = q.k;
     table[2 * C + c] = q.a;
     if (gw) {
-      gw[c] = grad_weight(sx, static_cast<double>(var[c]), eps);
-      if (gw_s) gw_s[c] = static_cast<S>(gw[c]);
+      const double g = grad_weight(sx, static_cast<double>(var[c]), eps);
+      gw[c] = g;
+      if (gw_s) gw_s[c] = static_cast<S>(g);
     }
     if (gb_s) gb_s[c] = static_cast<S>(sd);
   }

@@ -68,9 +68,10 @@ def batch_norm_impl(input, running_mean, running_var, weight, bias, residual, re
         return torch.relu(out) if relu else out
     if training:
         if running_mean is None:
+            out = ops.batch_norm_train(input, weight, bias, residual, relu, eps)[0]
             if num_batches_tracked is not None:
-                num_batches_tracked.add_(1)
-            return ops.batch_norm_train(input, weight, bias, residual, relu, eps)[0]
+                num_batches_tracked.add_(1)  # after the op's checks, as the op itself counts
+            return out
         if momentum is None and num_batches_tracked is None:
             momentum = 0.0  # torch's modules: no counter, no cumulative average
         # One op: statistics, output, the counter and the running statistics.
