@@ -102,16 +102,14 @@ sanitize() {  # tool, seconds, -k expression, test paths...
 }
 want memcheck && sanitize memcheck 120 "$MEMCHECK_K" tests/optim tests/nn
 want racecheck && sanitize racecheck 90 "device_parity_with_torch or (grid_float32 and k3_s1)" tests/nn
-if ! want cpu; then
-  :
-elif (($(left 150) >= 60)); then
+if want cpu && (($(left 150) >= 60)); then
   log "CPU tests under this machine's torch and compiler"
   timeout "$(left 150)" "$PY" -m pytest -q -p no:cacheprovider -m "not cuda" -n 8 -rfE --tb=short tests \
     >"$dest/pytest_cpu.txt" 2>&1
   echo "pytest exit $?" | tee -a "$LOG"
   grep -E "^(FAILED|ERROR)|node down" "$dest/pytest_cpu.txt" | head -n 40 | tee -a "$LOG"
   tail -n 1 "$dest/pytest_cpu.txt" | tee -a "$LOG"
-else
+elif want cpu; then
   log "CPU tests SKIPPED: budget spent"
 fi
 log "done: $dest"

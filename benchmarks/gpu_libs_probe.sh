@@ -1,16 +1,17 @@
 #!/usr/bin/env bash
 # Why C++ errors whose message formats a number crash fusedopt._C on the lent H200
 # machine (torch 2.11, /opt/gcc g++) and not elsewhere: which compiler built it, which
-# libstdc++ the process loads, what the .so needs, and whether a plain .so built by the
-# same compiler that formats a number under torch crashes too. Run by gpu_check.sh
+# libstdc++ the process loads, what the .so needs, and whether a small .so built by the
+# same compiler (Python's configured one, which setup.py uses) that formats a number
+# under torch crashes too. Run by gpu_check.sh
 # (step 'libs') after the build; usable on any machine.
 set -u
 PY="${PYTHON:-python3}"
 so=$(ls fusedopt/_C*.so | head -n1)
-CXX=$("$PY" -c 'import sysconfig, shutil; print(shutil.which("c++") or "")')
-echo "c++ on PATH: $CXX"; "${CXX:-c++}" --version | head -n1
+CXX=$("$PY" -c 'import sysconfig; print((sysconfig.get_config_var("CXX") or "c++").split()[0])')
+echo "compiler of the build: $CXX"; "$CXX" --version | head -n1
 for c in /usr/bin/g++ /usr/bin/g++-13 /usr/bin/g++-14; do [[ -x $c ]] && echo "also: $c $($c -dumpfullversion)"; done
-echo "libstdc++ of c++: $("${CXX:-c++}" -print-file-name=libstdc++.so.6)"
+echo "its libstdc++: $("$CXX" -print-file-name=libstdc++.so.6)"
 echo "--- loaded after import fusedopt:"
 "$PY" -c 'import fusedopt; print("".join(l for l in open("/proc/self/maps") if "libstdc" in l or "libgcc_s" in l or "libgomp" in l))' \
   | awk '{print $6}' | sort -u
@@ -29,14 +30,14 @@ extern "C" void fmt() { std::ostringstream os; os << "n=" << 42L << " f=" << 1.5
 CPP
 for variant in "plain:" "bsymbolic:-Wl,-Bsymbolic-functions" "static:-static-libstdc++"; do
   name=${variant%%:*}; flags=${variant#*:}
-  "${CXX:-c++}" -O2 -fPIC -shared $flags "$tmp/fmt.cpp" -o "$tmp/fmt_$name.so" || continue
+  "$CXX" -O2 -fPIC -shared $flags "$tmp/fmt.cpp" -o "$tmp/fmt_$name.so" || continue
   for pre in "" "import torch;"; do
     "$PY" -c "${pre}import ctypes; ctypes.CDLL('$tmp/fmt_$name.so').fmt()" >/dev/null 2>&1
     echo "plain .so formatting a number, built $name, ${pre:-without torch}: exit $?"
   done
 done
 echo "--- error probe with the compiler's own libstdc++ preloaded:"
-LD_PRELOAD=$("${CXX:-c++}" -print-file-name=libstdc++.so.6) "$PY" -X faulthandler -c '
+LD_PRELOAD=$("$CXX" -print-file-name=libstdc++.so.6) "$PY" -X faulthandler -c '
 import torch, fusedopt
 try:
     torch.ops.fusedopt.batch_norm_train(torch.randn(2, 4, 3), None, None, None, False, -1.0)
