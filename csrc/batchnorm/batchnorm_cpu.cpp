@@ -29,13 +29,11 @@ at::Tensor fresh_output(const Prepared& p) {
 struct Kernels {
   void (*stats)(c10::ScalarType, const Geom&, const void*, const StatsOut&);
   void (*apply)(const FwdArgs&);
-  void (*train_fused)(const FwdArgs&);
   void (*bwd_reduce)(const BwdArgs&);
   void (*bwd_elemt)(const BwdArgs&);
-  void (*bwd_fused)(const BwdArgs&);
 };
 #define FO_BN_KERNELS(ns) \
-  Kernels { ns::stats, ns::apply, ns::train_fused, ns::bwd_reduce, ns::bwd_elemt, ns::bwd_fused }
+  Kernels { ns::stats, ns::apply, ns::bwd_reduce, ns::bwd_elemt }
 const Kernels& kernels() {
   static const Kernels k512 = FO_BN_KERNELS(avx512), k2 = FO_BN_KERNELS(avx2), k1 = FO_BN_KERNELS(scalar);
   switch (cpu_simd()) {
@@ -78,18 +76,6 @@ void write_stats(const Prepared& p, const Stats& s, at::Tensor& mean, at::Tensor
   });
 }
 
-// The fields every forward / backward kernel call shares.
-FwdArgs fwd_args(const Prepared& p, at::Tensor& y, const OptTensor& residual, bool relu, void* mean) {
-  FwdArgs a;
-  a.dtype = p.x.scalar_type();
-  a.g = p.g;
-  a.x = p.x.data_ptr();
-  a.y = y.data_ptr();
-  a.residual = ptr_or_null(residual);
-  a.relu = relu;
-  a.mean = mean;
-  return a;
-}
 BwdArgs bwd_args(const Prepared& p, const at::Tensor& dy, const at::Tensor* out, const at::Tensor& mean) {
   BwdArgs a;
   a.dtype = p.x.scalar_type();
@@ -134,15 +120,6 @@ struct CpuBackend {
 
   static void train(const Prepared& p, const AffineArgs& affine, bool relu, double eps, at::Tensor& y,
                     at::Tensor& mean, at::Tensor& var) {
-    if (!p.g.rows) {  // planes: statistics and element pass in one walk per plane
-      FwdArgs a = fwd_args(p, y, affine.r, relu, mean.data_ptr());
-      a.var = var.data_ptr();
-      a.weight_in = ptr_or_null(affine.w);
-      a.bias_in = ptr_or_null(affine.b);
-      a.eps = eps;
-      kernels().train_fused(a);
-      return;
-    }
     stats(p, mean, var);
     normalise(p, mean, var, affine.w, affine.b, affine.r, relu, eps, y);
   }
@@ -164,7 +141,14 @@ struct CpuBackend {
         scale[c] = k.scale;
         bias[c] = k.bias;
       }
-      FwdArgs a = fwd_args(p, y, residual, relu, const_cast<S*>(m));
+      FwdArgs a;
+      a.dtype = p.x.scalar_type();
+      a.g = p.g;
+      a.x = p.x.data_ptr();
+      a.y = y.data_ptr();
+      a.residual = ptr_or_null(residual);
+      a.relu = relu;
+      a.mean = m;
       a.scale = scale;
       a.bias = bias;
       kernels().apply(a);
@@ -226,29 +210,20 @@ struct CpuBackend {
                        at::Tensor* dres) {
     const double count = static_cast<double>(p.g.count());
     BwdArgs a = bwd_args(p, dy, out, mean);
-    a.var = var.data_ptr();
-    a.weight = ptr_or_null(w);
-    a.training = training;
-    a.eps = eps;
-    a.count = count;
     a.dx = dx ? dx->data_ptr() : nullptr;
     a.dres = dres ? dres->data_ptr() : nullptr;
     if (want_sums) {
       a.sum_dy = sum_dy;
       a.sum_dy_xmu = sum_dy_xmu;
+      kernels().bwd_reduce(a);
     }
-    if (!p.g.rows) {  // planes: the sums and the element pass of a channel in one task
-      kernels().bwd_fused(a);
-    } else {
-      if (want_sums) kernels().bwd_reduce(a);
-      if (dx || dres) {
-        const at::Tensor coeffs = bwd_coeff_table(p, mean, var, w, want_sums ? sum_dy : nullptr,
-                                                  sum_dy_xmu, count, training, eps);
-        a.mean_dy = coeffs[0].data_ptr();
-        a.k = coeffs[1].data_ptr();
-        a.a = coeffs[2].data_ptr();
-        kernels().bwd_elemt(a);
-      }
+    if (dx || dres) {
+      const at::Tensor coeffs =
+          bwd_coeff_table(p, mean, var, w, want_sums ? sum_dy : nullptr, sum_dy_xmu, count, training, eps);
+      a.mean_dy = coeffs[0].data_ptr();
+      a.k = coeffs[1].data_ptr();
+      a.a = coeffs[2].data_ptr();
+      kernels().bwd_elemt(a);
     }
     if (gw) {
       const at::Tensor vd = var.to(c10::kDouble).contiguous();

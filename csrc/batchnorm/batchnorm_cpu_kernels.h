@@ -4,11 +4,10 @@
 // The including unit defines FO_CPU_NS and brings Lanes<T> into it, plus bn_hsum,
 // bn_relu and bn_keep_if_pos for its vector type.
 //
-// Memory walks:
-//  - planes (NCHW): threads over channels. A channel's N planes are walked for the
-//    statistics and then again to normalise; the second walk finds them in L2 (a
-//    (32, 56x56) float channel is 400 KB), so x comes from memory once. The backward
-//    does the same with (dy, x[, out]).
+// Memory walks, two passes each (statistics or sums, then the element pass):
+//  - planes (NCHW): threads over planes in memory order; the reductions are taken per
+//    block of images (a fixed split, so results do not depend on the thread count) and
+//    merged in block order.
 //  - rows (channels_last): threads over blocks of rows with C-wide accumulators per
 //    block, merged in block order (deterministic for a given thread count).
 // Statistics are taken per chunk (a piece of a plane, or a few rows) in two passes
@@ -61,6 +60,14 @@ inline int64_t row_chunk_shifted(int64_t C) { return std::max<int64_t>(row_chunk
 
 // ---------------------------------------------------------------- planes
 
+// NCHW walks go through memory in order, in two passes: the statistics (in the backward,
+// the sums) over the whole input, then the element pass. Each pass is one long stream
+// that the hardware prefetcher follows, and the second finds what the last-level cache
+// kept of the first. Until the thirteenth session the walks took one block of channels
+// at a time, N planes a channel-stride apart, so that the element pass found the block in
+// L2; on a 1 MB-L2, 32 MB-L3 machine memory order won on every benchmark row (module
+// forward + backward interleaved with torch's in one process; see README, Benchmarks).
+
 // The last, partial vector of a run: loaded through a zero-padded buffer and stored
 // back element by element, so that the full-width formula serves the tail too (a
 // scalar tail per small plane, converting bf16 one element at a time, cost more than
@@ -97,238 +104,175 @@ inline typename Lanes<T>::V last_lanes_mask(int64_t n) {
   return Lanes<S>::load(m);
 }
 
-// The next plane of a channel (image n + 1), requested line by line while the current
-// one is walked: a plane is a few KiB of its own pages, where the hardware prefetcher
-// stops, and a store to a line not in cache waits for it. Reads are requested on the
-// first walk over a plane (statistics of large planes, backward sums), whose data comes
-// from memory; the second walk finds the channel in L2. Forward+backward interleaved with
-// torch's, medians of alternating runs: the read requests took (32,64,56,56) float32
-// from 6.9 to 6.2 ms, bfloat16 from 3.6 to 3.2 ms, and (8,32,112,112) float32 from 2.84
-// to 2.71 ms. The write requests had taken about 8% off before that.
-template <class T, int kWrite>
-struct PlaneAhead {
-  const char* next = nullptr;
-  PlaneAhead() = default;
-  // Element `offset` of plane (n + 1, c) of `base` (nothing for the last image).
-  PlaneAhead(const T* base, const Geom& g, int64_t n, int64_t c, int64_t offset = 0) {
-    if (base && n + 1 < g.N) next = reinterpret_cast<const char*>(base + ((n + 1) * g.C + c) * g.inner + offset);
-  }
-  // Call for every step [i, i + n) of the walk: requests the lines that start there.
-  void at(int64_t i, int64_t n) const {
-    constexpr int64_t kLine = 64 / sizeof(T);
-    if (!next) return;
-    for (int64_t j = (i + kLine - 1) / kLine * kLine; j < i + n; j += kLine)
-      __builtin_prefetch(next + j * sizeof(T), kWrite, 3);
-  }
-};
-template <class T>
-using ReadAhead = PlaneAhead<T, 0>;
-template <class T>
-using WriteAhead = PlaneAhead<T, 1>;
+// Plane statistics come from the sums of (x - m) and (x - m)^2 around a shift m near
+// the mean (the corrected two-pass formula: exact for any m, precise when m is within
+// about a standard deviation of the mean). A channel's first run in an image block finds
+// m with a pivot-shifted walk over the run (served by L1 the second time); its later
+// runs add their sums around the same m, in one walk and without a division.
 
-// ReadAhead on up to three inputs (null: none) of the backward's first walk (the sums),
-// large planes and small: a small plane's next image is a page away, where the hardware
-// prefetcher does not follow. Medians of three alternating runs of two builds, the
-// backward op alone after 256 MB of other writes: (64,256,14,14) bfloat16 1.20-1.26 ->
-// 0.88-1.02 ms, (32,960,7,7) float32 1.11-1.23 -> 0.95-1.05 ms, (64,256,14,14) float32
-// level; the module's forward+backward interleaved with torch's: 0-10% less, none
-// slower. The same request in the statistics walk of small planes measured level, and
-// in the element walks of eval mode, whose inputs also come from memory, slower:
-// (32,64,56,56) float32 grad_input 1.9 -> 2.1 ms, interleaved with torch's eval forward.
+// Mean of a run of len elements: the pivot p[0] plus the mean of x - p[0].
 template <class T>
-struct InputsAhead {
-  ReadAhead<T> in[3];
-  InputsAhead(const Geom& g, int64_t n, int64_t c, const T* a, const T* b, const T* d) {
-    in[0] = ReadAhead<T>(a, g, n, c);
-    in[1] = ReadAhead<T>(b, g, n, c);
-    in[2] = ReadAhead<T>(d, g, n, c);
-  }
-  void at(int64_t i, int64_t n) const {
-    for (const ReadAhead<T>& r : in) r.at(i, n);
-  }
-};
-
-// (count, mean, M2) of a chunk: `planes` runs of len contiguous elements, plane_stride
-// apart (several small planes of one channel, or a piece of one large plane). Taken
-// from the sums of (x - m) and (x - m)^2 around a shift m near their mean (the
-// corrected two-pass formula, exact for any m but precise only when m is close). The
-// first chunk of a channel finds m with a pivot-shifted walk over the chunk (served by
-// L1/L2 the second time); later chunks shift by the channel's mean so far, in one walk.
-// `ahead` requests the next chunk during the sums walk.
-template <class T>
-Welford chunk_stats(const T* p, int64_t plane_stride, int64_t planes, int64_t len, const MathOf<T>* shift,
-                    const ReadAhead<T>& ahead = {}) {
+MathOf<T> run_mean(const T* p, int64_t len) {
   using L = Lanes<T>;
   using V = typename L::V;
   using S = MathOf<T>;
   constexpr int N = L::N;
+  const S pivot = static_cast<S>(p[0]);
+  const V vp(pivot);
+  V a0(S(0)), a1(S(0));
+  int64_t i = 0;
+  for (; i + 2 * N <= len; i += 2 * N) {
+    V u0, u1;
+    L::load2(p + i, u0, u1);
+    a0 = a0 + (u0 - vp);
+    a1 = a1 + (u1 - vp);
+  }
+  for (; i + N <= len; i += N) a0 = a0 + (L::load(p + i) - vp);
+  if (i < len)
+    a1 = a1 + (len >= N ? bn_keep_if_pos(last_lanes_mask<T>(len % N), L::load(p + len - N) - vp)
+                        : first_lanes<T>(load_part(p + i, len - i) - vp, len - i));
+  return pivot + bn_hsum(a0 + a1) / static_cast<S>(len);
+}
+
+// The sums of (x - m) and (x - m)^2 over a run of len elements (len > 0).
+struct ShiftedSums {
+  double n = 0.0, d = 0.0, q = 0.0;
+  // Whether m lies further than a standard deviation from the run's mean:
+  // d^2 / n > (q - d^2 / n) / n.
+  bool far() const { return 2.0 * d * d > n * q; }
+  Welford welford(double m) const { return n > 0 ? Welford{n, m + d / n, std::max(0.0, q - d * d / n)} : Welford{}; }
+};
+template <class T>
+ShiftedSums shifted_sums(const T* p, int64_t len, MathOf<T> m) {
+  using L = Lanes<T>;
+  using V = typename L::V;
+  using S = MathOf<T>;
+  constexpr int N = L::N;
+  const V vm(m);
+  V d0(S(0)), d1(S(0)), q0(S(0)), q1(S(0));
+  int64_t i = 0;
+  for (; i + 2 * N <= len; i += 2 * N) {
+    V e0, e1;
+    L::load2(p + i, e0, e1);
+    e0 = e0 - vm;
+    e1 = e1 - vm;
+    d0 = d0 + e0;
+    d1 = d1 + e1;
+    q0 = q0 + e0 * e0;
+    q1 = q1 + e1 * e1;
+  }
+  for (; i + N <= len; i += N) {
+    const V e0 = L::load(p + i) - vm;
+    d0 = d0 + e0;
+    q0 = q0 + e0 * e0;
+  }
+  if (i < len) {
+    const V e1 = len >= N ? bn_keep_if_pos(last_lanes_mask<T>(len % N), L::load(p + len - N) - vm)
+                          : first_lanes<T>(load_part(p + i, len - i) - vm, len - i);
+    d1 = d1 + e1;
+    q1 = q1 + e1 * e1;
+  }
+  return ShiftedSums{static_cast<double>(len), bn_hsum(d0 + d1), bn_hsum(q0 + q1)};
+}
+
+// One channel's statistics within an image block: runs whose shift is close go into
+// `sums` around `shift`; a run whose mean is far from it (samples whose means differ a
+// lot) is walked again around its own mean and merged into `w` (Chan).
+template <class S>
+struct PlaneAcc {
   Welford w;
-  if (len <= 0 || planes <= 0) return w;
-  const V tail = last_lanes_mask<T>(len % N);
-  S m;
-  if (shift) {
-    m = *shift;
-  } else {
-    const S pivot = static_cast<S>(p[0]);
-    const V vp(pivot);
-    V a0(S(0)), a1(S(0));
-    S sum = 0;
-    for (int64_t k = 0; k < planes; ++k) {
-      const T* q = p + k * plane_stride;
-      int64_t i = 0;
-      for (; i + 2 * N <= len; i += 2 * N) {
-        V u0, u1;
-        L::load2(q + i, u0, u1);
-        a0 = a0 + (u0 - vp);
-        a1 = a1 + (u1 - vp);
-      }
-      for (; i + N <= len; i += N) a0 = a0 + (L::load(q + i) - vp);
-      if (i < len)
-        a1 = a1 + (len >= N ? bn_keep_if_pos(tail, L::load(q + len - N) - vp)
-                            : first_lanes<T>(load_part(q + i, len - i) - vp, len - i));
-    }
-    sum += bn_hsum(a0 + a1);
-    m = pivot + sum / static_cast<S>(len * planes);
+  ShiftedSums sums;
+  S shift = 0;
+  bool started = false;
+  Welford result() const {
+    Welford r = w;
+    welford_merge(r, sums.welford(shift));
+    return r;
   }
-  const double n = static_cast<double>(len * planes);
-  // A shift further than one standard deviation from the chunk's mean (samples whose
-  // means differ a lot) costs precision: walk the chunk again around the corrected mean.
-  for (int attempt = 0;; ++attempt) {
-    const V vm(m);
-    V d0(S(0)), d1(S(0)), q0(S(0)), q1(S(0));
-    double d = 0.0, q = 0.0;
-    for (int64_t k = 0; k < planes; ++k) {
-      const T* r = p + k * plane_stride;
-      int64_t i = 0;
-      for (; i + 2 * N <= len; i += 2 * N) {
-        ahead.at(i, 2 * N);
-        V e0, e1;
-        L::load2(r + i, e0, e1);
-        e0 = e0 - vm;
-        e1 = e1 - vm;
-        d0 = d0 + e0;
-        d1 = d1 + e1;
-        q0 = q0 + e0 * e0;
-        q1 = q1 + e1 * e1;
-      }
-      for (; i + N <= len; i += N) {
-        const V e0 = L::load(r + i) - vm;
-        d0 = d0 + e0;
-        q0 = q0 + e0 * e0;
-      }
-      if (i < len) {
-        const V e1 = len >= N ? bn_keep_if_pos(tail, L::load(r + len - N) - vm)
-                              : first_lanes<T>(load_part(r + i, len - i) - vm, len - i);
-        d1 = d1 + e1;
-        q1 = q1 + e1 * e1;
-      }
-    }
-    d += bn_hsum(d0 + d1);
-    q += bn_hsum(q0 + q1);
-    if (attempt == 0 && shift && d * d > n * (q - d * d / n)) {
-      m = static_cast<S>(static_cast<double>(m) + d / n);
-      continue;
-    }
-    w.n = n;
-    w.mean = static_cast<double>(m) + d / n;
-    w.m2 = std::max(0.0, q - d * d / n);
-    return w;
+};
+template <class T>
+void add_run(PlaneAcc<MathOf<T>>& acc, const T* p, int64_t len) {
+  using S = MathOf<T>;
+  if (len <= 0) return;
+  if (!acc.started) {
+    acc.shift = run_mean(p, len);
+    acc.started = true;
   }
+  const ShiftedSums r = shifted_sums(p, len, acc.shift);
+  if (!r.far()) {
+    acc.sums.n += r.n;
+    acc.sums.d += r.d;
+    acc.sums.q += r.q;
+    return;
+  }
+  const S m = static_cast<S>(static_cast<double>(acc.shift) + r.d / r.n);
+  welford_merge(acc.w, shifted_sums(p, len, m).welford(m));
 }
 
-// Channels per block of the fused plane walks. Small planes (under kPlaneChunk
-// elements) are walked image by image across a block of channels, whose planes lie
-// side by side in memory: one run of several KB per image instead of scattered runs of a
-// few hundred bytes. A block's planes, up to 512 KB per tensor, stay in L2 for the second
-// walk. Each channel's own sums are those of a walk of that channel alone, in the same
-// order, so results do not depend on the block. Forward alone, interleaved with torch's
-// forward+backward as in the benchmark, (64,256,14,14): float32 1.35 -> 1.08 ms, bf16
-// 0.83 -> 0.72 ms.
-constexpr int64_t kMaxPlaneBlock = 8;
-inline int64_t plane_block(const Geom& g, size_t elem_bytes, int64_t block_bytes = int64_t{512} << 10) {
-  if (g.inner >= kPlaneChunk) return 1;
-  const int64_t channel_bytes = std::max<int64_t>(1, g.N * g.inner * static_cast<int64_t>(elem_bytes));
-  return std::clamp<int64_t>(block_bytes / channel_bytes, 1, kMaxPlaneBlock);
-}
-// Blocks of bwd_fused, whose element pass on one block runs beside the reduction of the
-// next: smaller, as both blocks' inputs share L2. (64,256,14,14) float32 backward op
-// after 256 MB of other writes, alternating runs: 128 KB 1.76-1.79 ms, 192 KB
-// 1.68-1.73, 256 KB 1.75-1.85, 512 KB 1.90-1.96 (one block after the other: 1.83-1.97).
-constexpr int64_t kPipeBlockBytes = int64_t{192} << 10;
-// Elements per turn of bwd_fused's two walks (a multiple of every 2N): 128 and 256
-// measured alike.
-constexpr int64_t kBwdPiece = 256;
-
-// Blocks of B channels per thread task: enough for kTaskElems elements (torch's own
-// grain, at::internal::GRAIN_SIZE), so that a small input runs inline instead of waking
-// the other threads for a parallel region.
+// Threads take kTaskElems elements or more (torch's own grain, at::internal::GRAIN_SIZE),
+// so that a small input runs inline instead of waking the other threads.
 constexpr int64_t kTaskElems = 32768;
-inline int64_t plane_grain(const Geom& g, int64_t B) {
-  return std::max<int64_t>(1, kTaskElems / std::max<int64_t>(1, B * g.N * g.inner));
-}
-// Calls f(b0, b1) for ranges of the blocks of B channels, threads over blocks.
+
+// The per-channel reductions (statistics, backward sums) are taken per block of images
+// and merged in block order: a fixed split, so that results do not depend on the number
+// of threads.
+constexpr int64_t kImageBlocks = 16;
+inline int64_t image_blocks(const Geom& g) { return std::clamp<int64_t>(g.N, 1, kImageBlocks); }
+
+// Calls f(b, n0, n1, c0, c1) for tiles of images [n0, n1) of block b by channels
+// [c0, c1), threads over tiles in memory order. Blocks are cut into channel ranges only
+// when they are fewer than twice the threads.
 template <class F>
-void parallel_plane_blocks(const Geom& g, int64_t B, const F& f) {
-  at::parallel_for(0, (g.C + B - 1) / B, plane_grain(g, B), f);
-}
-// Calls f(c0, c1) for the plane_block blocks of channels, threads over blocks.
-template <class F>
-void for_plane_blocks(const Geom& g, size_t elem_bytes, const F& f) {
-  const int64_t B = plane_block(g, elem_bytes);
-  parallel_plane_blocks(g, B, [&](int64_t b0, int64_t b1) {
-    for (int64_t blk = b0; blk < b1; ++blk) f(blk * B, std::min(g.C, (blk + 1) * B));
+void for_plane_tiles(const Geom& g, const F& f) {
+  const int64_t NB = image_blocks(g), threads = at::get_num_threads();
+  const int64_t CB = std::clamp<int64_t>((2 * threads + NB - 1) / NB, 1, std::max<int64_t>(g.C, 1));
+  const int64_t tiles = NB * CB;
+  const int64_t grain = g.N * g.C * g.inner <= kTaskElems ? tiles : 1;
+  at::parallel_for(0, tiles, grain, [&](int64_t t0, int64_t t1) {
+    for (int64_t t = t0; t < t1; ++t) {
+      const int64_t b = t / CB, r = t % CB;
+      f(b, g.N * b / NB, g.N * (b + 1) / NB, g.C * r / CB, g.C * (r + 1) / CB);
+    }
   });
 }
 
-// The planes (n, c) of channels [c0, c1), image by image (see plane_block), one per
-// next(), so that two walks can run side by side.
-struct BlockPlanes {
-  int64_t N, c0, c1, n = 0, c = c0;
-  bool next(int64_t& pn, int64_t& pc) {
-    if (c0 >= c1 || n >= N) return false;
-    pn = n;
-    pc = c;
-    if (++c == c1) {
-      c = c0;
-      ++n;
-    }
-    return true;
-  }
-};
-// Calls f(n, c) for the planes of channels [c0, c1), in BlockPlanes' order.
+// Calls f(n, c) for every plane, threads over planes in memory order.
 template <class F>
-void for_block_planes(const Geom& g, int64_t c0, int64_t c1, const F& f) {
-  BlockPlanes walk{g.N, c0, c1};
-  for (int64_t n, c; walk.next(n, c);) f(n, c);
+void for_planes(const Geom& g, const F& f) {
+  const int64_t grain = std::max<int64_t>(1, kTaskElems / std::max<int64_t>(1, g.inner));
+  at::parallel_for(0, g.N * g.C, grain, [&](int64_t i0, int64_t i1) {
+    int64_t n = i0 / std::max<int64_t>(g.C, 1), c = i0 - n * g.C;
+    for (int64_t i = i0; i < i1; ++i) {
+      f(n, c);
+      if (++c == g.C) {
+        c = 0;
+        ++n;
+      }
+    }
+  });
 }
 
-// (count, mean, M2) of each channel of [c0, c1): chunks of kPlaneChunk elements, a
-// piece of a plane or several small planes, merged in image order (Chan); each chunk is
-// shifted by its channel's mean so far (see chunk_stats). Small planes go image group by
-// image group across the channels (see plane_block); a channel's chunks and merges do
-// not depend on the block.
+// (count, mean, M2) of each channel: runs of up to kPlaneChunk elements of a plane,
+// added per image block in memory order (PlaneAcc), then merged across blocks (Chan).
 template <class T>
-void plane_block_stats(const T* x, const Geom& g, int64_t c0, int64_t c1, Welford* out) {
+void plane_stats(const T* x, const Geom& g, const StatsOut& o) {
   using S = MathOf<T>;
-  S shift[kMaxPlaneBlock];
-  auto take = [&](int64_t c, const T* p, int64_t planes, int64_t len, const ReadAhead<T>& ahead = {}) {
-    Welford& acc = out[c - c0];
-    welford_merge(acc, chunk_stats(p, g.C * g.inner, planes, len, acc.n > 0 ? &shift[c - c0] : nullptr, ahead));
-    shift[c - c0] = static_cast<S>(acc.mean);
-  };
-  for (int64_t c = c0; c < c1; ++c) out[c - c0] = Welford{};
-  if (g.inner >= kPlaneChunk) {
-    for (int64_t c = c0; c < c1; ++c)
-      for (int64_t n = 0; n < g.N; ++n)
+  const int64_t C = g.C, NB = image_blocks(g);
+  std::vector<PlaneAcc<S>> part(NB * C);
+  for_plane_tiles(g, [&](int64_t b, int64_t n0, int64_t n1, int64_t c0, int64_t c1) {
+    PlaneAcc<S>* acc = &part[b * C];
+    for (int64_t n = n0; n < n1; ++n)
+      for (int64_t c = c0; c < c1; ++c)
         for (int64_t s = 0; s < g.inner; s += kPlaneChunk)
-          take(c, x + (n * g.C + c) * g.inner + s, 1, std::min(kPlaneChunk, g.inner - s),
-               ReadAhead<T>(x, g, n, c, s));
-    return;
+          add_run(acc[c], x + (n * C + c) * g.inner + s, std::min(kPlaneChunk, g.inner - s));
+  });
+  for (int64_t c = 0; c < C; ++c) {
+    Welford w;
+    for (int64_t b = 0; b < NB; ++b) welford_merge(w, part[b * C + c].result());
+    o.n[c] = w.n;
+    o.mean[c] = w.mean;
+    o.m2[c] = w.m2;
   }
-  // Small planes: several per chunk, so that per-chunk costs (merge, sums) stay small.
-  const int64_t per = std::max<int64_t>(1, kPlaneChunk / std::max<int64_t>(g.inner, 1));
-  for (int64_t n = 0; n < g.N; n += per)
-    for (int64_t c = c0; c < c1; ++c) take(c, x + (n * g.C + c) * g.inner, std::min(per, g.N - n), g.inner);
 }
 
 // Plane (n, c) of the output.
@@ -344,10 +288,8 @@ void plane_apply(const T* x, T* y, const T* res, bool relu, const Geom& g, int64
   const T* px = x + off;
   T* py = y + off;
   const T* pr = has_res ? res + off : nullptr;
-  const WriteAhead<T> ahead(y, g, n, c);
   int64_t i = 0;
   for (; i + 2 * N <= g.inner; i += 2 * N) {
-    ahead.at(i, 2 * N);
     V v0, v1, r0 = zero, r1 = zero;
     L::load2(px + i, v0, v1);
     if (has_res) L::load2(pr + i, r0, r1);
@@ -355,7 +297,6 @@ void plane_apply(const T* x, T* y, const T* res, bool relu, const Geom& g, int64
               bn_finish(bn_forward(v1, vm, vs, vb), r1, has_res, relu));
   }
   for (; i + N <= g.inner; i += N) {
-    ahead.at(i, N);
     const V v = bn_forward(L::load(px + i), vm, vs, vb);
     L::store(py + i, bn_finish(v, has_res ? L::load(pr + i) : zero, has_res, relu));
   }
@@ -383,197 +324,132 @@ inline void load2_dy(const T* dy, const T* out, typename Lanes<T>::V& d0, typena
   }
 }
 
-// Sums of dy' and dy' * (x - mean) over one channel, added to plane by plane (in image
-// order): float lanes, flushed into double every kPlaneChunk elements (several small
-// planes share one flush).
-template <class T>
-struct PlaneSums {
-  using V = typename Lanes<T>::V;
-  V a = V(MathOf<T>(0)), b = V(MathOf<T>(0));
-  double ta = 0.0, tb = 0.0;
-  int64_t pending = 0;
-  double sum_dy() const { return ta + bn_hsum(a); }
-  double sum_dy_xmu() const { return tb + bn_hsum(b); }
-};
-
-// The reduction over plane (n, c) into `sums`, in runs: run(s0, s1) adds elements
-// [s0, s1) (s0 a multiple of 2N), so that another walk can take turns with it within
-// the plane.
-template <class T>
-class PlaneReduce {
-  using L = Lanes<T>;
-  using V = typename L::V;
-  using S = MathOf<T>;
-  static constexpr int N = L::N;
-
- public:
-  PlaneReduce(const T* dy, const T* x, const T* out, const Geom& g, int64_t n, int64_t c, S mean,
-              PlaneSums<T>& sums)
-      : pd_(dy + (n * g.C + c) * g.inner),
-        px_(x + (n * g.C + c) * g.inner),
-        po_(out ? out + (n * g.C + c) * g.inner : nullptr),
-        vm_(mean),
-        tail_(last_lanes_mask<T>(g.inner % N)),  // for the plane's last, partial vector
-        ahead_(g, n, c, dy, x, out),
-        sums_(sums) {}
-
-  void run(int64_t s0, int64_t s1) {
-    const T *pd = pd_, *px = px_, *po = po_;
-    const V vm = vm_, tail = tail_;
-    // Field by field: a copy of the whole struct would wait on the stores at the end of
-    // the last run (store forwarding); that took 5% of a bf16 (64,256,14,14) backward.
-    V a = sums_.a, b = sums_.b;
-    double ta = sums_.ta, tb = sums_.tb;
-    int64_t pending = sums_.pending;
-    for (int64_t s = s0, e; s < s1; s = e) {
-      e = std::min(s1, (s / kPlaneChunk + 1) * kPlaneChunk);  // flushes stay at chunk ends
-      int64_t i = s;
-      if (po) {
-        for (; i + 2 * N <= e; i += 2 * N) {
-          ahead_.at(i, 2 * N);
-          V d0, d1, x0, x1;
-          load2_dy(pd + i, po + i, d0, d1);
-          L::load2(px + i, x0, x1);
-          a = a + (d0 + d1);
-          b = b + (d0 * (x0 - vm) + d1 * (x1 - vm));
-        }
-        for (; i + N <= e; i += N) {
-          const V d = bn_keep_if_pos(L::load(po + i), L::load(pd + i));
-          a = a + d;
-          b = b + d * (L::load(px + i) - vm);
-        }
-      } else {
-        for (; i + 2 * N <= e; i += 2 * N) {
-          ahead_.at(i, 2 * N);
-          V d0, d1, x0, x1;
-          L::load2(pd + i, d0, d1);
-          L::load2(px + i, x0, x1);
-          a = a + (d0 + d1);
-          b = b + (d0 * (x0 - vm) + d1 * (x1 - vm));
-        }
-        for (; i + N <= e; i += N) {
-          const V d = L::load(pd + i);
-          a = a + d;
-          b = b + d * (L::load(px + i) - vm);
-        }
-      }
-      if (i < e && e - s >= N) {  // the overlapping last vector, its first lanes masked
-        const int64_t j = e - N;
-        V d = bn_keep_if_pos(tail, L::load(pd + j));
-        if (po) d = bn_keep_if_pos(L::load(po + j), d);
-        a = a + d;
-        b = b + d * (L::load(px + j) - vm);
-      } else if (i < e) {  // zero padding: dy' = 0 adds nothing
-        V d = load_part(pd + i, e - i);
-        if (po) d = bn_keep_if_pos(load_part(po + i, e - i), d);
-        a = a + d;
-        b = b + d * (load_part(px + i, e - i) - vm);
-      }
-      pending += e - s;
-      if (pending >= kPlaneChunk) {
-        ta += bn_hsum(a);
-        tb += bn_hsum(b);
-        a = V(S(0));
-        b = V(S(0));
-        pending = 0;
-      }
-    }
-    sums_.a = a;
-    sums_.b = b;
-    sums_.ta = ta;
-    sums_.tb = tb;
-    sums_.pending = pending;
-  }
-
- private:
-  const T *pd_, *px_, *po_;
-  V vm_, tail_;
-  InputsAhead<T> ahead_;
-  PlaneSums<T>& sums_;
-};
-
+// Adds the sums of dy' and dy' * (x - mean) over plane (n, c) to sum_dy and sum_dy_xmu:
+// float lanes, flushed into double every kPlaneChunk elements.
 template <class T, class S>
-void plane_reduce(const T* dy, const T* x, const T* out, const Geom& g, int64_t n, int64_t c, S mean,
-                  PlaneSums<T>& sums) {
-  PlaneReduce<T>(dy, x, out, g, n, c, mean, sums).run(0, g.inner);
-}
-
-// grad_input (and the residual's grad) of plane (n, c), in runs as PlaneReduce.
-template <class T>
-class PlaneElemt {
+void plane_reduce(const T* dy, const T* x, const T* out, const Geom& g, int64_t n, int64_t c, S mean, double& sum_dy,
+                  double& sum_dy_xmu) {
   using L = Lanes<T>;
   using V = typename L::V;
-  using S = MathOf<T>;
-  static constexpr int N = L::N;
-
- public:
-  PlaneElemt(const T* dy, const T* x, const T* out, T* dx, T* dres, const Geom& g, int64_t n, int64_t c,
-             const BwdCoeffs<S>& k)
-      : off_((n * g.C + c) * g.inner),
-        dy_(dy),
-        x_(x),
-        out_(out),
-        dx_(dx),
-        dres_(dres),
-        vm_(k.mean),
-        vmd_(k.mean_dy),
-        vk_(k.k),
-        va_(k.a),
-        ahead_(dx ? dx : dres, g, n, c) {}
-
-  void run(int64_t s0, int64_t s1) const {
-    const V vm = vm_, vmd = vmd_, vk = vk_, va = va_;
-    const WriteAhead<T> ahead = ahead_;  // a local, which the stores below cannot alias
-    const T* pd = dy_ + off_;
-    const T* px = x_ + off_;
-    const T* po = out_ ? out_ + off_ : nullptr;
-    T* pdx = dx_ ? dx_ + off_ : nullptr;
-    T* pdr = dres_ ? dres_ + off_ : nullptr;
-    int64_t i = s0;
-    for (; i + 2 * N <= s1; i += 2 * N) {
-      ahead.at(i, 2 * N);
-      V d0, d1, x0, x1;
-      load2_dy(pd + i, po ? po + i : nullptr, d0, d1);
-      if (pdr) L::store2(pdr + i, d0, d1);
-      if (pdx) {
+  constexpr int N = L::N;
+  const int64_t off = (n * g.C + c) * g.inner;
+  const T* pd = dy + off;
+  const T* px = x + off;
+  const T* po = out ? out + off : nullptr;
+  const V vm(mean);
+  double ta = 0.0, tb = 0.0;
+  for (int64_t s = 0, e; s < g.inner; s = e) {
+    e = std::min(g.inner, s + kPlaneChunk);
+    V a(S(0)), b(S(0));
+    int64_t i = s;
+    if (po) {
+      for (; i + 2 * N <= e; i += 2 * N) {
+        V d0, d1, x0, x1;
+        load2_dy(pd + i, po + i, d0, d1);
         L::load2(px + i, x0, x1);
-        L::store2(pdx + i, bn_grad_input(d0, x0, vm, vmd, vk, va), bn_grad_input(d1, x1, vm, vmd, vk, va));
+        a = a + (d0 + d1);
+        b = b + (d0 * (x0 - vm) + d1 * (x1 - vm));
+      }
+    } else {
+      for (; i + 2 * N <= e; i += 2 * N) {
+        V d0, d1, x0, x1;
+        L::load2(pd + i, d0, d1);
+        L::load2(px + i, x0, x1);
+        a = a + (d0 + d1);
+        b = b + (d0 * (x0 - vm) + d1 * (x1 - vm));
       }
     }
-    for (; i + N <= s1; i += N) {
-      ahead.at(i, N);
+    for (; i + N <= e; i += N) {
       V d = L::load(pd + i);
       if (po) d = bn_keep_if_pos(L::load(po + i), d);
-      if (pdr) L::store(pdr + i, d);
-      if (pdx) L::store(pdx + i, bn_grad_input(d, L::load(px + i), vm, vmd, vk, va));
+      a = a + d;
+      b = b + d * (L::load(px + i) - vm);
     }
-    if (i < s1 && s1 >= N) {  // the vector that ends at s1, overlapping what came before
-      const int64_t j = s1 - N;
-      V d = L::load(pd + j);
+    if (i < e && e - s >= N) {  // the overlapping last vector, its first lanes masked
+      const int64_t j = e - N;
+      V d = bn_keep_if_pos(last_lanes_mask<T>(e - i), L::load(pd + j));
       if (po) d = bn_keep_if_pos(L::load(po + j), d);
-      if (pdr) L::store(pdr + j, d);
-      if (pdx) L::store(pdx + j, bn_grad_input(d, L::load(px + j), vm, vmd, vk, va));
-    } else if (i < s1) {
-      const int64_t rem = s1 - i;
-      V d = load_part(pd + i, rem);
-      if (po) d = bn_keep_if_pos(load_part(po + i, rem), d);
-      if (pdr) store_part(pdr + i, rem, d);
-      if (pdx) store_part(pdx + i, rem, bn_grad_input(d, load_part(px + i, rem), vm, vmd, vk, va));
+      a = a + d;
+      b = b + d * (L::load(px + j) - vm);
+    } else if (i < e) {  // zero padding: dy' = 0 adds nothing
+      V d = load_part(pd + i, e - i);
+      if (po) d = bn_keep_if_pos(load_part(po + i, e - i), d);
+      a = a + d;
+      b = b + d * (load_part(px + i, e - i) - vm);
     }
+    ta += bn_hsum(a);
+    tb += bn_hsum(b);
   }
+  sum_dy += ta;
+  sum_dy_xmu += tb;
+}
 
- private:
-  int64_t off_;
-  const T *dy_, *x_, *out_;
-  T *dx_, *dres_;
-  V vm_, vmd_, vk_, va_;
-  WriteAhead<T> ahead_;
-};
+// Per-channel sums of dy' and dy' * (x - mean), per image block as plane_stats.
+template <class T, class S>
+void planes_reduce(const T* dy, const T* x, const T* out, const Geom& g, const S* mean, double* sum_dy,
+                   double* sum_dy_xmu) {
+  const int64_t C = g.C, NB = image_blocks(g);
+  std::vector<double> part(NB * C * 2, 0.0);
+  for_plane_tiles(g, [&](int64_t b, int64_t n0, int64_t n1, int64_t c0, int64_t c1) {
+    double* sd = &part[2 * b * C];
+    double* sx = sd + C;
+    for (int64_t n = n0; n < n1; ++n)
+      for (int64_t c = c0; c < c1; ++c) plane_reduce(dy, x, out, g, n, c, mean[c], sd[c], sx[c]);
+  });
+  for (int64_t c = 0; c < C; ++c) {
+    double a = 0.0, b = 0.0;
+    for (int64_t k = 0; k < NB; ++k) {
+      a += part[2 * k * C + c];
+      b += part[(2 * k + 1) * C + c];
+    }
+    sum_dy[c] = a;
+    sum_dy_xmu[c] = b;
+  }
+}
 
+// grad_input (and the residual's grad) of plane (n, c).
 template <class T, class S>
 void plane_elemt(const T* dy, const T* x, const T* out, T* dx, T* dres, const Geom& g, int64_t n, int64_t c,
                  const BwdCoeffs<S>& k) {
-  PlaneElemt<T>(dy, x, out, dx, dres, g, n, c, k).run(0, g.inner);
+  using L = Lanes<T>;
+  using V = typename L::V;
+  constexpr int N = L::N;
+  const V vm(k.mean), vmd(k.mean_dy), vk(k.k), va(k.a);
+  const int64_t off = (n * g.C + c) * g.inner, len = g.inner;
+  const T* pd = dy + off;
+  const T* px = x + off;
+  const T* po = out ? out + off : nullptr;
+  T* pdx = dx ? dx + off : nullptr;
+  T* pdr = dres ? dres + off : nullptr;
+  int64_t i = 0;
+  for (; i + 2 * N <= len; i += 2 * N) {
+    V d0, d1, x0, x1;
+    load2_dy(pd + i, po ? po + i : nullptr, d0, d1);
+    if (pdr) L::store2(pdr + i, d0, d1);
+    if (pdx) {
+      L::load2(px + i, x0, x1);
+      L::store2(pdx + i, bn_grad_input(d0, x0, vm, vmd, vk, va), bn_grad_input(d1, x1, vm, vmd, vk, va));
+    }
+  }
+  for (; i + N <= len; i += N) {
+    V d = L::load(pd + i);
+    if (po) d = bn_keep_if_pos(L::load(po + i), d);
+    if (pdr) L::store(pdr + i, d);
+    if (pdx) L::store(pdx + i, bn_grad_input(d, L::load(px + i), vm, vmd, vk, va));
+  }
+  if (i < len && len >= N) {  // the vector that ends at len, overlapping what came before
+    const int64_t j = len - N;
+    V d = L::load(pd + j);
+    if (po) d = bn_keep_if_pos(L::load(po + j), d);
+    if (pdr) L::store(pdr + j, d);
+    if (pdx) L::store(pdx + j, bn_grad_input(d, L::load(px + j), vm, vmd, vk, va));
+  } else if (i < len) {
+    const int64_t rem = len - i;
+    V d = load_part(pd + i, rem);
+    if (po) d = bn_keep_if_pos(load_part(po + i, rem), d);
+    if (pdr) store_part(pdr + i, rem, d);
+    if (pdx) store_part(pdx + i, rem, bn_grad_input(d, load_part(px + i, rem), vm, vmd, vk, va));
+  }
 }
 
 // ---------------------------------------------------------------- rows
@@ -589,7 +465,7 @@ inline int64_t row_blocks(int64_t M) {
 // the accumulators in registers: chunk mean m (pivot-shifted sum), then the sums of
 // (x - m) and (x - m)^2. The chunk (a few KB) is in L1 for the second walk.
 // With shift (the block's per-channel means so far), the shift replaces the first walk,
-// as in chunk_stats.
+// as in add_run.
 template <int K, class T, class S>
 inline void rows_chunk_stats(const T* x, int64_t C, int64_t s, int64_t e, int64_t c0, const S* shift, S* m, S* dsum,
                              S* qsum) {
@@ -681,7 +557,7 @@ void rows_stats(const T* x, const Geom& g, const StatsOut& o) {
         }
         const double n = static_cast<double>(e - s);
         if (sh) {
-          // As in chunk_stats: shifts further than a standard deviation from the chunk's
+          // As in add_run: shifts further than a standard deviation from the chunk's
           // means are replaced by the corrected means and the chunk walked again.
           bool redo = false;
           for (int64_t cc = 0; cc < C; ++cc) {
@@ -922,17 +798,9 @@ void stats(c10::ScalarType dt, const Geom& g, const void* xv, const StatsOut& o)
     const T* x = static_cast<const T*>(xv);
     if (g.rows) {
       rows_stats(x, g, o);
-      return;
+    } else {
+      plane_stats(x, g, o);
     }
-    for_plane_blocks(g, sizeof(T), [&](int64_t c0, int64_t c1) {
-      Welford st[kMaxPlaneBlock];
-      plane_block_stats(x, g, c0, c1, st);
-      for (int64_t c = c0; c < c1; ++c) {
-        o.n[c] = st[c - c0].n;
-        o.mean[c] = st[c - c0].mean;
-        o.m2[c] = st[c - c0].m2;
-      }
-    });
   });
 }
 
@@ -950,41 +818,7 @@ void apply(const FwdArgs& a) {
       rows_apply(x, y, res, a.relu, a.g, mean, scale, bias);
       return;
     }
-    for_plane_blocks(a.g, sizeof(T), [&](int64_t c0, int64_t c1) {
-      for_block_planes(a.g, c0, c1, [&](int64_t n, int64_t c) {
-        plane_apply(x, y, res, a.relu, a.g, n, c, mean[c], scale[c], bias[c]);
-      });
-    });
-  });
-}
-
-// Planes only: statistics and normalisation of each channel back to back, for a block
-// of channels at a time (plane_block).
-void train_fused(const FwdArgs& a) {
-  dispatch(a.dtype, [&](auto t) {
-    using T = decltype(t);
-    using S = MathOf<T>;
-    const T* x = static_cast<const T*>(a.x);
-    T* y = static_cast<T*>(a.y);
-    const T* res = static_cast<const T*>(a.residual);
-    S* mean = static_cast<S*>(a.mean);
-    S* var = static_cast<S*>(a.var);
-    const S* w = static_cast<const S*>(a.weight_in);
-    const S* b = static_cast<const S*>(a.bias_in);
-    for_plane_blocks(a.g, sizeof(T), [&](int64_t c0, int64_t c1) {
-      Welford st[kMaxPlaneBlock];
-      FwdCoeffs<S> k[kMaxPlaneBlock];
-      plane_block_stats(x, a.g, c0, c1, st);
-      for (int64_t c = c0; c < c1; ++c) {
-        mean[c] = static_cast<S>(st[c - c0].mean);
-        var[c] = static_cast<S>(biased_var(st[c - c0].n, st[c - c0].m2));
-        k[c - c0] = fwd_coeffs<S>(mean[c], var[c], w, b, c, a.eps);
-      }
-      for_block_planes(a.g, c0, c1, [&](int64_t n, int64_t c) {
-        const FwdCoeffs<S>& kc = k[c - c0];
-        plane_apply(x, y, res, a.relu, a.g, n, c, kc.mean, kc.scale, kc.bias);
-      });
-    });
+    for_planes(a.g, [&](int64_t n, int64_t c) { plane_apply(x, y, res, a.relu, a.g, n, c, mean[c], scale[c], bias[c]); });
   });
 }
 
@@ -1006,23 +840,12 @@ struct BwdView {
 void bwd_reduce(const BwdArgs& a) {
   dispatch(a.dtype, [&](auto t) {
     using T = decltype(t);
-    using S = MathOf<T>;
     const BwdView<T> v(a);
-    const T *dy = v.dy, *x = v.x, *out = v.out;
-    const S* mean = v.mean;
     if (a.g.rows) {
-      rows_reduce(dy, x, out, a.g, mean, a.sum_dy, a.sum_dy_xmu);
-      return;
+      rows_reduce(v.dy, v.x, v.out, a.g, v.mean, a.sum_dy, a.sum_dy_xmu);
+    } else {
+      planes_reduce(v.dy, v.x, v.out, a.g, v.mean, a.sum_dy, a.sum_dy_xmu);
     }
-    for_plane_blocks(a.g, sizeof(T), [&](int64_t c0, int64_t c1) {
-      PlaneSums<T> sums[kMaxPlaneBlock];
-      for_block_planes(a.g, c0, c1,
-                       [&](int64_t n, int64_t c) { plane_reduce(dy, x, out, a.g, n, c, mean[c], sums[c - c0]); });
-      for (int64_t c = c0; c < c1; ++c) {
-        a.sum_dy[c] = sums[c - c0].sum_dy();
-        a.sum_dy_xmu[c] = sums[c - c0].sum_dy_xmu();
-      }
-    });
   });
 }
 
@@ -1039,73 +862,8 @@ void bwd_elemt(const BwdArgs& a) {
       rows_elemt(dy, x, out, dx, dres, a.g, mean, mdy, kk, aa);
       return;
     }
-    for_plane_blocks(a.g, sizeof(T), [&](int64_t c0, int64_t c1) {
-      for_block_planes(a.g, c0, c1, [&](int64_t n, int64_t c) {
-        plane_elemt(dy, x, out, dx, dres, a.g, n, c, BwdCoeffs<S>{mean[c], mdy[c], kk[c], aa[c]});
-      });
-    });
-  });
-}
-
-// Planes only: reduction and element pass of each block of channels, back to back, and
-// writes the sums (for grad_weight / grad_bias). The element pass of one block
-// (kPipeBlockBytes) takes turns with the reduction of the next, plane by plane and
-// kBwdPiece elements at a time, so that the reduction's reads from memory overlap the
-// element pass's writes as in one streaming pass, instead of alternating read-only and
-// write-mostly phases. Backward op after 256 MB of other writes, six alternating runs,
-// median ms (and time over torch.mul(x, dy, out=dx)'s in the same state), float32:
-// (32,64,56,56) 3.78 (1.35) -> 3.61 (1.29), (64,256,14,14) 1.95 (1.35) -> 1.84 (1.26),
-// (8,32,112,112) 1.96 (1.38) -> 1.83 (1.27). Whole large planes in turn (8 KB steps)
-// had lost: (32,64,56,56) 3.59-3.64 -> 3.74-3.82 ms. In cache (the op repeated) the
-// large planes take 5-10% longer; the benchmark, like a network's backward, finds its
-// inputs mostly in memory.
-void bwd_fused(const BwdArgs& a) {
-  dispatch(a.dtype, [&](auto t) {
-    using T = decltype(t);
-    using S = MathOf<T>;
-    const BwdView<T> v(a);
-    const T *dy = v.dy, *x = v.x, *out = v.out;
-    T *dx = v.dx, *dres = v.dres;
-    const S *mean = v.mean, *var = static_cast<const S*>(a.var), *w = static_cast<const S*>(a.weight);
-    const Geom& g = a.g;
-    const bool reduce = a.training || a.sum_dy, elemt = dx || dres;
-    const int64_t B = plane_block(g, sizeof(T), kPipeBlockBytes);
-    parallel_plane_blocks(g, B, [&](int64_t b0, int64_t b1) {
-      auto first = [&](int64_t blk) { return std::min(g.C, blk * B); };
-      PlaneSums<T> sums[2][kMaxPlaneBlock];  // this block's and the next one's
-      BwdCoeffs<S> k[kMaxPlaneBlock];
-      const int64_t start = first(b0);
-      if (reduce)
-        for_block_planes(g, start, first(b0 + 1),
-                         [&](int64_t n, int64_t c) { plane_reduce(dy, x, out, g, n, c, mean[c], sums[0][c - start]); });
-      for (int64_t blk = b0; blk < b1; ++blk) {
-        const int64_t c0 = first(blk), c1 = first(blk + 1), c2 = blk + 1 < b1 ? first(blk + 2) : c1;
-        const PlaneSums<T>* mine = sums[(blk - b0) & 1];
-        PlaneSums<T>* next = sums[(blk - b0 + 1) & 1];
-        for (int64_t c = c0; c < c1; ++c) {
-          const double sdy = mine[c - c0].sum_dy(), sdx = mine[c - c0].sum_dy_xmu();
-          if (a.sum_dy) {
-            a.sum_dy[c] = sdy;
-            a.sum_dy_xmu[c] = sdx;
-          }
-          k[c - c0] = bwd_coeffs<S>(mean[c], var[c], w, c, sdy, sdx, a.count, a.training, a.eps);
-        }
-        for (int64_t c = c1; c < c2; ++c) next[c - c1] = PlaneSums<T>{};
-        BlockPlanes el{g.N, c0, elemt ? c1 : c0}, rd{g.N, c1, reduce ? c2 : c1};
-        int64_t ne, ce, nr, cr;
-        bool has_el = el.next(ne, ce), has_rd = rd.next(nr, cr);
-        for (; has_el && has_rd; has_el = el.next(ne, ce), has_rd = rd.next(nr, cr)) {
-          const PlaneElemt<T> e(dy, x, out, dx, dres, g, ne, ce, k[ce - c0]);
-          PlaneReduce<T> r(dy, x, out, g, nr, cr, mean[cr], next[cr - c1]);
-          for (int64_t s0 = 0; s0 < g.inner; s0 += kBwdPiece) {
-            const int64_t s1 = std::min(g.inner, s0 + kBwdPiece);
-            e.run(s0, s1);
-            r.run(s0, s1);
-          }
-        }
-        for (; has_el; has_el = el.next(ne, ce)) plane_elemt(dy, x, out, dx, dres, g, ne, ce, k[ce - c0]);
-        for (; has_rd; has_rd = rd.next(nr, cr)) plane_reduce(dy, x, out, g, nr, cr, mean[cr], next[cr - c1]);
-      }
+    for_planes(a.g, [&](int64_t n, int64_t c) {
+      plane_elemt(dy, x, out, dx, dres, a.g, n, c, BwdCoeffs<S>{mean[c], mdy[c], kk[c], aa[c]});
     });
   });
 }

@@ -1,6 +1,7 @@
 #pragma once
 // What the batch norm op layer hands to the CPU kernels: raw pointers and a geometry.
-// The kernels live twice, in namespaces avx2 and scalar (batchnorm_cpu_kernels.h).
+// The kernels live three times, in namespaces avx512, avx2 and scalar
+// (batchnorm_cpu_kernels.h).
 #include <c10/core/ScalarType.h>
 
 #include <cstdint>
@@ -26,15 +27,10 @@ struct FwdArgs {
   void* y = nullptr;
   const void* residual = nullptr;
   bool relu = false;
-  // Per-channel (S): mean, scale (w * istd), bias. Inputs of `apply`; for `train_fused`
-  // outputs computed from weight/bias (S, or nullptr) and written alongside mean/var.
-  void* mean = nullptr;
-  void* var = nullptr;
-  void* scale = nullptr;
-  void* bias = nullptr;
-  const void* weight_in = nullptr;
-  const void* bias_in = nullptr;
-  double eps = 0.0;
+  // Per-channel (S): mean, scale (w * istd), bias.
+  const void* mean = nullptr;
+  const void* scale = nullptr;
+  const void* bias = nullptr;
 };
 
 struct BwdArgs {
@@ -48,16 +44,10 @@ struct BwdArgs {
   // of the element pass (which derives its coefficients from them).
   double* sum_dy = nullptr;
   double* sum_dy_xmu = nullptr;
-  // Element pass coefficients (S[C]), see BwdCoeffs: written by fused, read by elemt.
-  void* mean_dy = nullptr;
-  void* k = nullptr;
-  void* a = nullptr;
-  // fused only: what the coefficients are made of.
-  const void* var = nullptr;
-  const void* weight = nullptr;
-  bool training = true;
-  double eps = 0.0;
-  double count = 0.0;  // elements per channel across all ranks (sync BN) or local
+  // Element pass coefficients (S[C]), see BwdCoeffs.
+  const void* mean_dy = nullptr;
+  const void* k = nullptr;
+  const void* a = nullptr;
   void* dx = nullptr;
   void* dres = nullptr;
 };
@@ -72,10 +62,8 @@ struct StatsOut {
   namespace ns {                                                                 \
   void stats(c10::ScalarType dt, const Geom& g, const void* x, const StatsOut& o); \
   void apply(const FwdArgs& a);                                                  \
-  void train_fused(const FwdArgs& a);                                            \
   void bwd_reduce(const BwdArgs& a);                                             \
   void bwd_elemt(const BwdArgs& a);                                              \
-  void bwd_fused(const BwdArgs& a);                                              \
   }
 FO_BN_DECLARE(avx512)
 FO_BN_DECLARE(avx2)

@@ -415,21 +415,29 @@ def test_ops_on_an_empty_batch_give_zero_sums():
     assert torch.equal(sdy, torch.zeros(c, dtype=torch.float64)) and torch.equal(sdx, torch.zeros(c, dtype=torch.float64))
 
 
-@pytest.mark.parametrize("threads", [1, 2])
-@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
-@pytest.mark.parametrize("training", [True, False])
-def test_backward_op_walks_blocks_of_channels(simd_all, threads, dtype, training):
-    # Small NCHW planes and 203 channels: the CPU backward takes blocks of 8 channels,
-    # the element pass of one beside the reduction of the next, threads split the 26
-    # blocks and the last holds 3 channels. Each output_mask, with and without relu.
-    torch.manual_seed(11)
-    c, eps = 203, 1e-5
-    x = (torch.randn(6, c, 5, 7) * 2 + 0.5).to(dtype)
-    dy = torch.randn(6, c, 5, 7).to(dtype)
-    w, b = torch.rand(c) + 0.5, torch.randn(c)
+def _with_threads(threads, fn):
     previous = torch.get_num_threads()
     torch.set_num_threads(threads)
     try:
+        return fn()
+    finally:
+        torch.set_num_threads(previous)
+
+
+@pytest.mark.parametrize("threads", [1, 2, 3])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("training", [True, False])
+def test_backward_op_small_planes_many_images(simd_all, threads, dtype, training):
+    # Small NCHW planes, 37 images and 203 channels: the CPU sums are taken over 16
+    # uneven blocks of images, threads split the blocks (and, with 3 threads, none
+    # divides them evenly). Each output_mask, with and without relu.
+    torch.manual_seed(11)
+    c, eps = 203, 1e-5
+    x = (torch.randn(37, c, 5, 7) * 2 + 0.5).to(dtype)
+    dy = torch.randn(37, c, 5, 7).to(dtype)
+    w, b = torch.rand(c) + 0.5, torch.randn(c)
+
+    def run():
         for relu in (False, True):
             out, mean, var = ops.batch_norm_train(x, w, b, None, relu, eps)
             if not training:
@@ -440,8 +448,29 @@ def test_backward_op_walks_blocks_of_channels(simd_all, threads, dtype, training
                 for i, what in enumerate(("grad_input", "grad_weight", "grad_bias", "grad_residual")):
                     if mask[i]:
                         _close(got[i], want[i], dtype, f"{what} (relu={relu}, mask={mask})", scale=4 if i < 3 else 1)
-    finally:
-        torch.set_num_threads(previous)
+
+    _with_threads(threads, run)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_planes_results_do_not_depend_on_thread_count(simd_all, dtype):
+    # The NCHW reductions merge fixed blocks of images in block order, so statistics,
+    # outputs and gradients are bitwise the same for any number of threads.
+    torch.manual_seed(12)
+    c = 19
+    x = (torch.randn(40, c, 9, 9) * 3 + 2).to(dtype)
+    dy = torch.randn(40, c, 9, 9).to(dtype)
+    w, b = torch.rand(c) + 0.5, torch.randn(c)
+
+    def run():
+        y, mean, var = ops.batch_norm_train(x, w, b, None, True, 1e-5)
+        grads = ops.batch_norm_backward(dy, x, w, mean, var, y, True, True, 1e-5, [True, True, True, False])
+        return (y, mean, var) + tuple(grads[:3])
+
+    one = _with_threads(1, run)
+    for threads in (2, 3):
+        for got, want, what in zip(_with_threads(threads, run), one, ("y", "mean", "var", "dx", "dw", "db")):
+            assert torch.equal(got, want), f"{what} with {threads} threads differs from 1 thread"
 
 
 def test_non_contiguous_input():
