@@ -87,28 +87,43 @@ BwdArgs bwd_args(const Prepared& p, const at::Tensor& dy, const at::Tensor* out,
   return a;
 }
 
-// Element-pass coefficients (rows mean_dy, k, a of a [3, C] table) from per-channel sums
-// (nullptr: none, eval mode).
-at::Tensor bwd_coeff_table(const Prepared& p, const at::Tensor& mean, const at::Tensor& var, const OptTensor& w,
-                           const double* sum_dy, const double* sum_dy_xmu, double count, bool training, double eps) {
-  at::Tensor coeffs = at::empty({3, p.g.C}, mean.options());
+// Per-channel coefficient rows in the math dtype S (float, or double for double
+// inputs), held in plain memory: an ATen tensor and its row views cost more host time
+// than the whole kernel on small inputs.
+struct CoeffRows {
+  std::vector<double> storage;  // room for rows of either S
+  CoeffRows(int64_t rows, int64_t C) : storage(rows * C) {}
+  template <class S>
+  S* row(int64_t r, int64_t C) {
+    return reinterpret_cast<S*>(storage.data()) + r * C;
+  }
+};
+
+// Element-pass coefficients (rows mean_dy, k, a) into the backward arguments, from
+// per-channel sums (nullptr: none, eval mode).
+void bwd_coeffs_into(BwdArgs& a, CoeffRows& rows, const Prepared& p, const at::Tensor& mean, const at::Tensor& var,
+                     const OptTensor& w, const double* sum_dy, const double* sum_dy_xmu, double count, bool training,
+                     double eps) {
+  const int64_t C = p.g.C;
   dispatch_math(p.acc, [&](auto z) {
     using S = decltype(z);
-    S* mdy = coeffs.data_ptr<S>();
-    S* kk = mdy + p.g.C;
-    S* aa = kk + p.g.C;
+    S* mdy = rows.row<S>(0, C);
+    S* kk = rows.row<S>(1, C);
+    S* aa = rows.row<S>(2, C);
     const S* wp = w ? w->data_ptr<S>() : nullptr;
     const S* m = mean.data_ptr<S>();
     const S* v = var.data_ptr<S>();
-    for (int64_t c = 0; c < p.g.C; ++c) {
+    for (int64_t c = 0; c < C; ++c) {
       const BwdCoeffs<S> k = bwd_coeffs<S>(m[c], v[c], wp, c, sum_dy ? sum_dy[c] : 0.0,
                                            sum_dy ? sum_dy_xmu[c] : 0.0, count, training, eps);
       mdy[c] = k.mean_dy;
       kk[c] = k.k;
       aa[c] = k.a;
     }
+    a.mean_dy = mdy;
+    a.k = kk;
+    a.a = aa;
   });
-  return coeffs;
 }
 
 struct CpuBackend {
@@ -127,15 +142,15 @@ struct CpuBackend {
   // y = finish((x - mean) * scale + bias) with scale/bias from the statistics and affine.
   static void normalise(const Prepared& p, const at::Tensor& mean, const at::Tensor& var, const OptTensor& w,
                         const OptTensor& b, const OptTensor& residual, bool relu, double eps, at::Tensor& y) {
-    at::Tensor coeffs = at::empty({2, p.g.C}, mean.options());
+    CoeffRows rows(2, p.g.C);
     dispatch_math(p.acc, [&](auto z) {
       using S = decltype(z);
       const S* wp = w ? w->data_ptr<S>() : nullptr;
       const S* bp = b ? b->data_ptr<S>() : nullptr;
       const S* m = mean.data_ptr<S>();
       const S* v = var.data_ptr<S>();
-      S* scale = coeffs.data_ptr<S>();
-      S* bias = scale + p.g.C;
+      S* scale = rows.row<S>(0, p.g.C);
+      S* bias = rows.row<S>(1, p.g.C);
       for (int64_t c = 0; c < p.g.C; ++c) {
         const FwdCoeffs<S> k = fwd_coeffs<S>(m[c], v[c], wp, bp, c, eps);
         scale[c] = k.scale;
@@ -195,11 +210,9 @@ struct CpuBackend {
   static void elemt(const Prepared& p, const at::Tensor& dy, const at::Tensor* out, const OptTensor& w,
                     const at::Tensor& mean, const at::Tensor& var, const double* sum_dy, const double* sum_dy_xmu,
                     double count, double eps, at::Tensor& dx) {
-    const at::Tensor coeffs = bwd_coeff_table(p, mean, var, w, sum_dy, sum_dy_xmu, count, true, eps);
     BwdArgs a = bwd_args(p, dy, out, mean);
-    a.mean_dy = coeffs[0].data_ptr();
-    a.k = coeffs[1].data_ptr();
-    a.a = coeffs[2].data_ptr();
+    CoeffRows rows(3, p.g.C);
+    bwd_coeffs_into(a, rows, p, mean, var, w, sum_dy, sum_dy_xmu, count, true, eps);
     a.dx = dx.data_ptr();
     kernels().bwd_elemt(a);
   }
@@ -218,17 +231,15 @@ struct CpuBackend {
       kernels().bwd_reduce(a);
     }
     if (dx || dres) {
-      const at::Tensor coeffs =
-          bwd_coeff_table(p, mean, var, w, want_sums ? sum_dy : nullptr, sum_dy_xmu, count, training, eps);
-      a.mean_dy = coeffs[0].data_ptr();
-      a.k = coeffs[1].data_ptr();
-      a.a = coeffs[2].data_ptr();
+      CoeffRows rows(3, p.g.C);
+      bwd_coeffs_into(a, rows, p, mean, var, w, want_sums ? sum_dy : nullptr, sum_dy_xmu, count, training, eps);
       kernels().bwd_elemt(a);
     }
     if (gw) {
-      const at::Tensor vd = var.to(c10::kDouble).contiguous();
-      const double* vv = vd.data_ptr<double>();
-      for (int64_t c = 0; c < p.g.C; ++c) gw[c] = grad_weight(sum_dy_xmu[c], vv[c], eps);
+      dispatch_math(p.acc, [&](auto z) {
+        const auto* v = var.data_ptr<decltype(z)>();
+        for (int64_t c = 0; c < p.g.C; ++c) gw[c] = grad_weight(sum_dy_xmu[c], static_cast<double>(v[c]), eps);
+      });
     }
     dispatch_dtype(p.x.scalar_type(), [&](auto, auto s) {
       using S = decltype(s);
