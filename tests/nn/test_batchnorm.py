@@ -140,12 +140,32 @@ def test_parity_dtypes(simd_all, kind, shape, channels_last, dtype):
     _run_parity(kind, shape, channels_last, dtype, CONFIGS[0])
 
 
+@pytest.mark.parametrize("channels", [125, 61])
 @pytest.mark.parametrize("channels_last", [False, True])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.bfloat16])
-def test_parity_many_channels(simd_all, channels_last, dtype):
-    # 125 channels: the row kernels' 4-, 2- and 1-vector column groups and a scalar
-    # tail, at 8 lanes (AVX2) and at 16 (AVX-512).
-    _run_parity(2, (3, 125, 5, 7), channels_last, dtype, CONFIGS[0])
+def test_parity_many_channels(simd_all, channels, channels_last, dtype):
+    # Rows of 125 or 61 channels, at 8 lanes (AVX2) and at 16 (AVX-512): the backward
+    # sums walk rows wider than 4 vectors row by row (float, double) and narrower ones,
+    # and all bf16 rows, in 4-, 2- and 1-vector column groups; both end in a scalar tail.
+    _run_parity(2, (3, channels, 5, 7), channels_last, dtype, CONFIGS[0])
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.bfloat16])
+def test_backward_op_wide_rows_with_relu(simd_all, dtype):
+    # channels_last rows of 125 channels through the backward op with the relu mask,
+    # against the float64 reference.
+    torch.manual_seed(13)
+    c, eps = 125, 1e-5
+    x = (torch.randn(4, c, 6, 5) * 2 + 0.5).to(dtype).contiguous(memory_format=torch.channels_last)
+    dy = torch.randn(4, c, 6, 5).to(dtype).contiguous(memory_format=torch.channels_last)
+    w, b = torch.rand(c) + 0.5, torch.randn(c)
+    if dtype == torch.float64:
+        w, b = w.double(), b.double()
+    out, mean, var = ops.batch_norm_train(x, w, b, None, True, eps)
+    got = ops.batch_norm_backward(dy, x, w, mean, var, out, True, True, eps, [True, True, True, True])
+    want = reference.batch_norm_backward(dy, x, w, True, eps, mean, var, out)
+    for i, what in enumerate(("grad_input", "grad_weight", "grad_bias", "grad_residual")):
+        _close(got[i], want[i], dtype, what, scale=4 if i < 3 else 1)
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
