@@ -454,6 +454,12 @@ void plane_elemt(const T* dy, const T* x, const T* out, T* dx, T* dres, const Ge
 
 // ---------------------------------------------------------------- rows
 
+// The row kernels take channels 2N at a time with load2/store2 only where that form
+// permutes lanes (bf16), as it saves shuffles there. For float it measured slower (about
+// 8% on a (32,64,56,56) channels_last forward+backward) than the plain vector loop.
+template <class T>
+constexpr bool kRowsPaired = Lanes<T>::pair_lane(Lanes<T>::N) != Lanes<T>::N;
+
 // Row blocks: one per thread, in a fixed order, so merged results do not depend on
 // scheduling.
 inline int64_t row_blocks(int64_t M) {
@@ -514,6 +520,28 @@ inline void rows_chunk_stats(const T* x, int64_t C, int64_t s, int64_t e, int64_
   }
 }
 
+// rows_chunk_stats for the single channel c (past the last full vector).
+template <class T, class S>
+void rows_channel_stats(const T* x, int64_t C, int64_t s, int64_t e, int64_t c, const S* shift, S* m, S* dsum,
+                        S* qsum) {
+  if (shift) {
+    m[c] = shift[c];
+  } else {
+    const S piv = static_cast<S>(x[s * C + c]);
+    S acc = 0;
+    for (int64_t r = s; r < e; ++r) acc += static_cast<S>(x[r * C + c]) - piv;
+    m[c] = piv + acc / static_cast<S>(e - s);
+  }
+  S dd = 0, qq = 0;
+  for (int64_t r = s; r < e; ++r) {
+    const S t = static_cast<S>(x[r * C + c]) - m[c];
+    dd += t;
+    qq += t * t;
+  }
+  dsum[c] = dd;
+  qsum[c] = qq;
+}
+
 template <class T>
 void rows_stats(const T* x, const Geom& g, const StatsOut& o) {
   using L = Lanes<T>;
@@ -533,28 +561,17 @@ void rows_stats(const T* x, const Geom& g, const StatsOut& o) {
       for (int64_t s = r0, e; s < r1; s = e) {
         e = std::min(r1, s + (s > r0 ? R_shifted : R));
         const S* sh = s > r0 ? shift.data() : nullptr;
-        int64_t c = 0;
-        for (; c + 4 * N <= C; c += 4 * N) rows_chunk_stats<4>(x, C, s, e, c, sh, m.data(), dsum.data(), qsum.data());
-        for (; c + 2 * N <= C; c += 2 * N) rows_chunk_stats<2>(x, C, s, e, c, sh, m.data(), dsum.data(), qsum.data());
-        for (; c + N <= C; c += N) rows_chunk_stats<1>(x, C, s, e, c, sh, m.data(), dsum.data(), qsum.data());
-        for (; c < C; ++c) {  // channels past the last full vector
-          if (sh) {
-            m[c] = sh[c];
-          } else {
-            const S piv = static_cast<S>(x[s * C + c]);
-            S acc = 0;
-            for (int64_t r = s; r < e; ++r) acc += static_cast<S>(x[r * C + c]) - piv;
-            m[c] = piv + acc / static_cast<S>(e - s);
-          }
-          S dd = 0, qq = 0;
-          for (int64_t r = s; r < e; ++r) {
-            const S t = static_cast<S>(x[r * C + c]) - m[c];
-            dd += t;
-            qq += t * t;
-          }
-          dsum[c] = dd;
-          qsum[c] = qq;
-        }
+        // m, dsum and qsum of every channel over rows [s, e), around sh (or, without it,
+        // around the chunk's own means).
+        auto take = [&](const S* around) {
+          S *pm = m.data(), *pd = dsum.data(), *pq = qsum.data();
+          int64_t c = 0;
+          for (; c + 4 * N <= C; c += 4 * N) rows_chunk_stats<4>(x, C, s, e, c, around, pm, pd, pq);
+          for (; c + 2 * N <= C; c += 2 * N) rows_chunk_stats<2>(x, C, s, e, c, around, pm, pd, pq);
+          for (; c + N <= C; c += N) rows_chunk_stats<1>(x, C, s, e, c, around, pm, pd, pq);
+          for (; c < C; ++c) rows_channel_stats(x, C, s, e, c, around, pm, pd, pq);
+        };
+        take(sh);
         const double n = static_cast<double>(e - s);
         if (sh) {
           // As in add_run: shifts further than a standard deviation from the chunk's
@@ -566,23 +583,7 @@ void rows_stats(const T* x, const Geom& g, const StatsOut& o) {
           }
           if (redo) {
             for (int64_t cc = 0; cc < C; ++cc) shift[cc] = static_cast<S>(static_cast<double>(m[cc]) + dsum[cc] / n);
-            c = 0;
-            for (; c + 4 * N <= C; c += 4 * N)
-              rows_chunk_stats<4>(x, C, s, e, c, sh, m.data(), dsum.data(), qsum.data());
-            for (; c + 2 * N <= C; c += 2 * N)
-              rows_chunk_stats<2>(x, C, s, e, c, sh, m.data(), dsum.data(), qsum.data());
-            for (; c + N <= C; c += N) rows_chunk_stats<1>(x, C, s, e, c, sh, m.data(), dsum.data(), qsum.data());
-            for (; c < C; ++c) {
-              m[c] = sh[c];
-              S dd = 0, qq = 0;
-              for (int64_t r = s; r < e; ++r) {
-                const S t = static_cast<S>(x[r * C + c]) - m[c];
-                dd += t;
-                qq += t * t;
-              }
-              dsum[c] = dd;
-              qsum[c] = qq;
-            }
+            take(sh);
           }
         }
         for (int64_t cc = 0; cc < C; ++cc) {
@@ -603,11 +604,6 @@ void rows_stats(const T* x, const Geom& g, const StatsOut& o) {
   }
 }
 
-// The row kernels take channels 2N at a time with load2/store2 only where that form
-// permutes lanes (bf16), as it saves shuffles there. For float it measured slower (about
-// 8% on a (32,64,56,56) channels_last forward+backward) than the plain vector loop.
-template <class T>
-constexpr bool kRowsPaired = Lanes<T>::pair_lane(Lanes<T>::N) != Lanes<T>::N;
 
 // Per-channel coefficients reordered so that, for each 2N channels, two plain vector
 // loads give them in the lane order of Lanes<T>::load2.
@@ -858,7 +854,9 @@ void apply(const FwdArgs& a) {
       rows_apply(x, y, res, a.relu, a.g, mean, scale, bias);
       return;
     }
-    for_planes(a.g, [&](int64_t n, int64_t c) { plane_apply(x, y, res, a.relu, a.g, n, c, mean[c], scale[c], bias[c]); });
+    for_planes(a.g, [&](int64_t n, int64_t c) {
+      plane_apply(x, y, res, a.relu, a.g, n, c, mean[c], scale[c], bias[c]);
+    });
   });
 }
 
