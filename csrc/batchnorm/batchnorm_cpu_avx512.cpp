@@ -7,7 +7,8 @@
 // (32,64,56,56) 3.1 -> 2.6, (64,256,14,14) 1.88 -> 1.71, (8,32,112,112) 1.69 -> 1.45;
 // bf16 channels_last 4.5 -> 3.8, 2.43 -> 2.09, 2.01 -> 1.78; float32 channels_last
 // (32,64,56,56) 8.6 -> 7.7, (64,256,14,14) 3.70 -> 3.52; float32 NCHW and
-// channels_last (8,32,112,112) equal.
+// channels_last (8,32,112,112) equal. Float and double NCHW inputs run the AVX2 unit
+// (kernels() in batchnorm_cpu.cpp says why).
 #define FO_AVX512_WIDE_LANES
 #include "../common/cpu_avx512_begin.h"
 #define FO_CPU_NS avx512
