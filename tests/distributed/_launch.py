@@ -31,6 +31,12 @@ def _worker(rank, world, fn, args, out_dir):
 def run_on_two_ranks(fn, *args):
     """fn(rank, world, *args) must be importable (a module-level function)."""
     with tempfile.TemporaryDirectory() as out_dir:
-        mp.start_processes(_worker, args=(2, fn, args, out_dir), nprocs=2, join=True,
-                           start_method="spawn")
+        try:
+            mp.start_processes(_worker, args=(2, fn, args, out_dir), nprocs=2, join=True,
+                               start_method="spawn")
+        except mp.ProcessExitedException as e:
+            # Say whether the rank died in fn or after it (in the process group's teardown
+            # or at exit): one CI run saw "terminate called without an active exception".
+            saved = [r for r in range(2) if os.path.exists(os.path.join(out_dir, f"rank{r}.pt"))]
+            raise AssertionError(f"{e}; ranks that had saved their result before: {saved}") from e
         return [torch.load(os.path.join(out_dir, f"rank{r}.pt"), weights_only=False) for r in range(2)]
