@@ -65,8 +65,9 @@ inline int64_t row_chunk_shifted(int64_t C) { return std::max<int64_t>(row_chunk
 // that the hardware prefetcher follows, and the second finds what the last-level cache
 // kept of the first. Until the thirteenth session the walks took one block of channels
 // at a time, N planes a channel-stride apart, so that the element pass found the block in
-// L2; on a 1 MB-L2, 32 MB-L3 machine memory order won on every benchmark row (module
-// forward + backward interleaved with torch's in one process; see README, Benchmarks).
+// L2; on a 1 MB-L2, 32 MB-L3 machine memory order won or drew on every benchmark row
+// (module forward + backward against torch's, the two builds in alternating processes;
+// README, Benchmarks).
 
 // The last, partial vector of a run: loaded through a zero-padded buffer and stored
 // back element by element, so that the full-width formula serves the tail too (a
