@@ -173,9 +173,9 @@ inline bool trivial_stats(const Prepared& p, at::Tensor& mean, at::Tensor& var) 
   return true;
 }
 
-// Checks of batch_norm_update_stats_, the same on every backend. Returns the batch
-// mean and var as contiguous float64 tensors.
-inline std::pair<at::Tensor, at::Tensor> check_update_stats(
+// Checks of the running-statistics update (batch_norm_update_stats_, and
+// batch_norm_train given running buffers), the same on every backend.
+inline void check_update_stats(
     const at::Tensor& running_mean, const at::Tensor& running_var, const at::Tensor& mean, const at::Tensor& var,
     std::optional<double> momentum, const OptTensor& num_batches_tracked, int64_t count,
     const char* op = "fusedopt::batch_norm_update_stats_") {
@@ -205,16 +205,20 @@ inline std::pair<at::Tensor, at::Tensor> check_update_stats(
                       ": num_batches_tracked must be a one-element int64 tensor on ", running_mean.device(), ", got ",
                       n.scalar_type(), " of shape ", n.sizes(), " on ", n.device());
   }
-  // float32 or float64 statistics of one dtype (what batch_norm_train returns) are read
-  // as they are: a cast each would cost two more launches per training step on CUDA.
-  // Anything else is cast to float64.
+}
+
+// The batch mean and var of batch_norm_update_stats_ as the update kernels read them:
+// float32 or float64 statistics of one dtype (what batch_norm_train returns) as they
+// are, since a cast each would cost two more launches per training step on CUDA;
+// anything else cast to float64. (batch_norm_train passes its own statistics directly.)
+inline std::pair<at::Tensor, at::Tensor> update_stats_inputs(const at::Tensor& mean, const at::Tensor& var) {
   const auto dt = mean.scalar_type();
   const bool direct = dt == var.scalar_type() && (dt == c10::kFloat || dt == c10::kDouble);
   const auto read = direct ? dt : c10::kDouble;
   return {mean.to(read).contiguous(), var.to(read).contiguous()};
 }
 
-// f(mean, var) with typed pointers to the statistics check_update_stats returned.
+// f(mean, var) with typed pointers to float32 or float64 statistics.
 template <class F>
 void with_update_stats(const at::Tensor& m, const at::Tensor& v, const F& f) {
   if (m.scalar_type() == c10::kDouble)
@@ -259,8 +263,8 @@ struct Ops {
     const AffineArgs affine = affine_args(p, weight, bias, residual, eps, op);
     at::Tensor y = B::output(p);
     at::Tensor mean = channel_empty(p, p.acc), var = channel_empty(p, p.acc);
-    // The running buffers are checked before anything is written (the statistics are
-    // this op's own float32/float64 outputs, so the check passes them through uncast).
+    // The running buffers are checked before anything is written; the statistics are
+    // this op's own float32/float64 outputs, which the update kernels read as they are.
     const bool update = given(running_mean) || given(running_var);
     if (update) {
       TORCH_CHECK_VALUE(given(running_mean) && given(running_var), op,
@@ -296,7 +300,8 @@ struct Ops {
   static void update_stats_(const at::Tensor& running_mean, const at::Tensor& running_var, const at::Tensor& mean,
                             const at::Tensor& var, std::optional<double> momentum,
                             const OptTensor& num_batches_tracked, int64_t count) {
-    const auto [m, v] = check_update_stats(running_mean, running_var, mean, var, momentum, num_batches_tracked, count);
+    check_update_stats(running_mean, running_var, mean, var, momentum, num_batches_tracked, count);
+    const auto [m, v] = update_stats_inputs(mean, var);
     if (running_mean.numel() == 0) return;
     const typename B::Guard guard(running_mean);
     B::update_stats(running_mean, running_var, m, v, momentum, num_batches_tracked, count);
