@@ -107,12 +107,12 @@ struct CoeffRows {
   }
 };
 
-// Element-pass coefficients (rows mean_dy, k, a) into the backward arguments, from
-// per-channel sums (nullptr: none, eval mode).
-void bwd_coeffs_into(BwdArgs& a, CoeffRows& rows, const Prepared& p, const at::Tensor& mean, const at::Tensor& var,
-                     const OptTensor& w, const double* sum_dy, const double* sum_dy_xmu, double count, bool training,
-                     double eps) {
+// The element pass (a's dx and dres): its coefficients (rows mean_dy, k, a) from the
+// per-channel sums (nullptr: none, eval mode), then the kernel.
+void elemt_pass(BwdArgs& a, const Prepared& p, const at::Tensor& mean, const at::Tensor& var, const OptTensor& w,
+                const double* sum_dy, const double* sum_dy_xmu, double count, bool training, double eps) {
   const int64_t C = p.g.C;
+  CoeffRows rows(3, C);
   dispatch_math(p.acc, [&](auto z) {
     using S = decltype(z);
     S* mdy = rows.row<S>(0, C);
@@ -132,6 +132,7 @@ void bwd_coeffs_into(BwdArgs& a, CoeffRows& rows, const Prepared& p, const at::T
     a.k = kk;
     a.a = aa;
   });
+  kernels(p).bwd_elemt(a);
 }
 
 struct CpuBackend {
@@ -190,7 +191,7 @@ struct CpuBackend {
     const int64_t C = running_mean.numel();
     const double factor = update_factor(momentum.has_value(), momentum.value_or(0.0),
                                         momentum ? nullptr : num_batches_tracked->data_ptr<int64_t>());
-    // m, v: float32 or float64 (check_update_stats), read in double.
+    // m, v: float32 or float64 (see update_stats_inputs), read in double.
     auto update = [&](const at::Tensor& t, const auto* stat_of, bool is_var) {
       AT_DISPATCH_FLOATING_TYPES_AND2(c10::kHalf, c10::kBFloat16, t.scalar_type(), "bn_update_stats", [&] {
         scalar_t* r = t.data_ptr<scalar_t>();
@@ -219,10 +220,8 @@ struct CpuBackend {
                     const at::Tensor& mean, const at::Tensor& var, const double* sum_dy, const double* sum_dy_xmu,
                     double count, double eps, at::Tensor& dx) {
     BwdArgs a = bwd_args(p, dy, out, mean);
-    CoeffRows rows(3, p.g.C);
-    bwd_coeffs_into(a, rows, p, mean, var, w, sum_dy, sum_dy_xmu, count, true, eps);
     a.dx = dx.data_ptr();
-    kernels(p).bwd_elemt(a);
+    elemt_pass(a, p, mean, var, w, sum_dy, sum_dy_xmu, count, true, eps);
   }
 
   static void backward(const Prepared& p, const at::Tensor& dy, const at::Tensor* out, const OptTensor& w,
@@ -238,11 +237,7 @@ struct CpuBackend {
       a.sum_dy_xmu = sum_dy_xmu;
       kernels(p).bwd_reduce(a);
     }
-    if (dx || dres) {
-      CoeffRows rows(3, p.g.C);
-      bwd_coeffs_into(a, rows, p, mean, var, w, want_sums ? sum_dy : nullptr, sum_dy_xmu, count, training, eps);
-      kernels(p).bwd_elemt(a);
-    }
+    if (dx || dres) elemt_pass(a, p, mean, var, w, want_sums ? sum_dy : nullptr, sum_dy_xmu, count, training, eps);
     if (gw) {
       dispatch_math(p.acc, [&](auto z) {
         const auto* v = var.data_ptr<decltype(z)>();
