@@ -24,6 +24,16 @@ DEVICES = [
     pytest.param("cuda", marks=[pytest.mark.cuda, pytest.mark.skipif(not torch.cuda.is_available(), reason=CUDA_SKIP_REASON)]),
 ]
 
+def with_threads(threads, fn):
+    """fn() with torch's intra-op thread count set to threads, restored after."""
+    previous = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        return fn()
+    finally:
+        torch.set_num_threads(previous)
+
+
 # CPU kernel variants, narrowest first. AVX-512 has kernels of its own in the depthwise
 # and batch norm families (the optimizers run their AVX2 kernels there), whose tests ask
 # for it (simd_all).

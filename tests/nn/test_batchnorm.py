@@ -12,6 +12,7 @@ import fusedopt
 from fusedopt import reference
 from fusedopt.nn import BatchNorm1d, BatchNorm2d, BatchNorm3d, BatchNormReLU2d, fold_bn_into_conv
 from fusedopt.nn import functional as FF
+from tests.conftest import with_threads
 
 ops = torch.ops.fusedopt
 
@@ -435,15 +436,6 @@ def test_ops_on_an_empty_batch_give_zero_sums():
     assert torch.equal(sdy, torch.zeros(c, dtype=torch.float64)) and torch.equal(sdx, torch.zeros(c, dtype=torch.float64))
 
 
-def _with_threads(threads, fn):
-    previous = torch.get_num_threads()
-    torch.set_num_threads(threads)
-    try:
-        return fn()
-    finally:
-        torch.set_num_threads(previous)
-
-
 @pytest.mark.parametrize("threads", [1, 2, 3])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 @pytest.mark.parametrize("training", [True, False])
@@ -469,7 +461,7 @@ def test_backward_op_small_planes_many_images(simd_all, threads, dtype, training
                     if mask[i]:
                         _close(got[i], want[i], dtype, f"{what} (relu={relu}, mask={mask})", scale=4 if i < 3 else 1)
 
-    _with_threads(threads, run)
+    with_threads(threads, run)
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
@@ -487,9 +479,9 @@ def test_planes_results_do_not_depend_on_thread_count(simd_all, dtype):
         grads = ops.batch_norm_backward(dy, x, w, mean, var, y, True, True, 1e-5, [True, True, True, False])
         return (y, mean, var) + tuple(grads[:3])
 
-    one = _with_threads(1, run)
+    one = with_threads(1, run)
     for threads in (2, 3):
-        for got, want, what in zip(_with_threads(threads, run), one, ("y", "mean", "var", "dx", "dw", "db")):
+        for got, want, what in zip(with_threads(threads, run), one, ("y", "mean", "var", "dx", "dw", "db")):
             assert torch.equal(got, want), f"{what} with {threads} threads differs from 1 thread"
 
 

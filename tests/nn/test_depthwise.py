@@ -10,6 +10,7 @@ import fusedopt
 from fusedopt.nn import DepthwiseConv2d, DepthwiseSeparableConv2d
 from fusedopt.nn.functional import depthwise_conv2d, depthwise_separable_conv2d
 from fusedopt.reference import depthwise as ref
+from tests.conftest import with_threads
 
 OPS = torch.ops.fusedopt
 
@@ -555,14 +556,8 @@ def test_fused_separable_float32_threads_and_empty_batch():
     y = OPS.depthwise_separable_conv2d(x, dw, pw, b, *args)
     close(y, F.conv2d(F.conv2d(x, dw, None, 1, 1, 1, 16), pw, b), 2e-5, "fused separable float32")
     g = torch.randn_like(y)
-    threads = torch.get_num_threads()
-    runs = []
-    for nthreads in (threads, 1):
-        torch.set_num_threads(nthreads)
-        try:
-            runs.append(OPS.depthwise_separable_conv2d_backward(g, x, dw, pw, *args, [True] * 4))
-        finally:
-            torch.set_num_threads(threads)
+    runs = [with_threads(n, lambda: OPS.depthwise_separable_conv2d_backward(g, x, dw, pw, *args, [True] * 4))
+            for n in (torch.get_num_threads(), 1)]
     assert all(torch.equal(a, e) for a, e in zip(*runs))  # per-image partials, summed in order
     x0 = x[:0].clone().requires_grad_()
     leaves = [t.clone().requires_grad_() for t in (dw, pw, b)]
@@ -659,14 +654,8 @@ def test_compile_fullgraph_mobilenet_block(channels_last):
 def test_grad_weight_bitwise_deterministic(channels_last):
     x, w, b, s, p, d = make((8, 16, 20, 20, 3, 1, 1, 1, 1), channels_last=channels_last)
     g = torch.randn(8, 16, 20, 20)
-    runs = []
     threads = torch.get_num_threads()
-    for nthreads in (threads, threads, 1):
-        torch.set_num_threads(nthreads)
-        try:
-            runs.append(run_fused(x, w, b, s, p, d, g)[2:])
-        finally:
-            torch.set_num_threads(threads)
+    runs = [with_threads(n, lambda: run_fused(x, w, b, s, p, d, g)[2:]) for n in (threads, threads, 1)]
     for other in runs[1:]:
         assert torch.equal(runs[0][0], other[0]) and torch.equal(runs[0][1], other[1])
 
