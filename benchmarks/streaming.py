@@ -22,6 +22,13 @@ torch / streaming is about the ratio a layer would reach if it ran at that speed
 reference, not a strict bound (a layer that finds x still in cache for its backward can
 beat it, as the channels_last stride-2 kernels do against the four-pass reference).
 Both use regular stores, which read each output line before writing it.
+
+"needed" is the fusedopt / streaming a layer must reach for its issue's CPU target:
+(torch / streaming) / target. A batch norm cannot go below 10/7 there without help
+from the caches: it must have a channel's statistics (in the backward, its sums) before
+it can write any output of that channel, so it reads x (and dy) twice: 10 tensor passes
+against the reference's 7, counting the read a store makes of each output line. A
+depthwise convolution can reach 1.0 (one pass). Rows marked "beyond" need less than that.
 """
 import argparse
 import datetime
@@ -37,6 +44,11 @@ from .timing import time_interleaved
 
 # The dtypes of the benchmark's forward + backward layer rows.
 DTYPES = [torch.float32, torch.bfloat16]
+
+# The issues' CPU targets (forward + backward, torch / fusedopt; issues 4 and 5), and the
+# least fusedopt / streaming each layer can reach without help from the caches (docstring).
+TARGETS = {"BatchNorm2d": {"nchw": 2.0, "channels_last": 1.2}, "depthwise 3x3": {"nchw": 4.0, "channels_last": 2.0}}
+LEAST = {"BatchNorm2d": 10 / 7, "depthwise 3x3": 1.0}
 
 
 def _streaming_fn(x, y, dy, dx):
@@ -91,16 +103,19 @@ def main(argv=None):
              f"{torch.get_num_threads()} threads, torch {torch.__version__}; {note.split(' (')[0]})", "",
              "`python -m benchmarks.streaming`; see its docstring. ratio = torch / fusedopt.", "",
              "| layer | shape | layout | dtype | torch ms | fusedopt ms | streaming ms | ratio | torch / streaming "
-             "| fusedopt / streaming |", "|---|---|---|---|---|---|---|---|---|---|"]
+             "| fusedopt / streaming | target | needed |", "|---|---|---|---|---|---|---|---|---|---|---|---|"]
     ratios = []
     for layer, shape, layout, dtype, fns, tensors in cases():
         fns = dict(fns, streaming=_streaming_fn(*tensors))
         t = {k: v * 1e3 for k, v in time_interleaved(fns, max_seconds=4.0).items()}
         ratios.append(t["fusedopt"] / t["streaming"])
         name = str(dtype).replace("torch.", "")  # as the benchmark's tables write dtypes
+        target = TARGETS[layer][layout]
+        needed = t["torch"] / t["streaming"] / target
+        beyond = " (beyond)" if needed < LEAST[layer] else ""
         lines.append(f"| {layer} | {shape} | {layout} | {name} | {t['torch']:.2f} | {t['fusedopt']:.2f} | "
                      f"{t['streaming']:.2f} | {t['torch'] / t['fusedopt']:.2f}x | {t['torch'] / t['streaming']:.2f}x "
-                     f"| {t['fusedopt'] / t['streaming']:.2f} |")
+                     f"| {t['fusedopt'] / t['streaming']:.2f} | {target:g}x | {needed:.2f}{beyond} |")
         print(lines[-1], flush=True)
     lines += ["", f"fusedopt / streaming: median {statistics.median(ratios):.2f} over {len(ratios)} cases."]
     text = "\n".join(lines) + "\n"
