@@ -285,29 +285,28 @@ void plane_apply(const T* x, T* y, const T* res, bool relu, const Geom& g, int64
   constexpr int N = L::N;
   const V vm(mean), vs(scale), vb(bias), zero(S(0));
   const bool has_res = res != nullptr;
-  // len, not g.inner, in the loops: g is behind a reference (rows_apply_range says why).
-  const int64_t off = (n * g.C + c) * g.inner, len = g.inner;
+  const int64_t off = (n * g.C + c) * g.inner;
   const T* px = x + off;
   T* py = y + off;
   const T* pr = has_res ? res + off : nullptr;
   int64_t i = 0;
-  for (; i + 2 * N <= len; i += 2 * N) {
+  for (; i + 2 * N <= g.inner; i += 2 * N) {
     V v0, v1, r0 = zero, r1 = zero;
     L::load2(px + i, v0, v1);
     if (has_res) L::load2(pr + i, r0, r1);
     L::store2(py + i, bn_finish(bn_forward(v0, vm, vs, vb), r0, has_res, relu),
               bn_finish(bn_forward(v1, vm, vs, vb), r1, has_res, relu));
   }
-  for (; i + N <= len; i += N) {
+  for (; i + N <= g.inner; i += N) {
     const V v = bn_forward(L::load(px + i), vm, vs, vb);
     L::store(py + i, bn_finish(v, has_res ? L::load(pr + i) : zero, has_res, relu));
   }
-  if (i < len && len >= N) {
-    const int64_t j = len - N;
+  if (i < g.inner && g.inner >= N) {
+    const int64_t j = g.inner - N;
     const V v = bn_forward(L::load(px + j), vm, vs, vb);
     L::store(py + j, bn_finish(v, has_res ? L::load(pr + j) : zero, has_res, relu));
-  } else if (i < len) {
-    const int64_t rem = len - i;
+  } else if (i < g.inner) {
+    const int64_t rem = g.inner - i;
     const V v = bn_forward(load_part(px + i, rem), vm, vs, vb);
     store_part(py + i, rem, bn_finish(v, has_res ? load_part(pr + i, rem) : zero, has_res, relu));
   }
@@ -620,53 +619,41 @@ std::vector<S> paired_coeffs(const S* src, int64_t C) {
   return out;
 }
 
-// The element passes take every pointer and size as a by-value parameter (not a lambda
-// capture, nor a field behind a reference): a vector store may alias anything, so the
-// compiler loaded each captured pointer again after every store, a chain of two loads per
-// vector. On (8,32,112,112) float32 channels_last, 2 threads, profiler samples in the
-// kernel went 13.0-14.7k -> 9.1-11.7k (eval forward, 4000 calls, three runs each) and
-// 16.2k -> 10.0k (backward element pass, 2000 calls); the module forward + backward,
-// bound by memory, stayed level within the noise.
 template <class T, class S>
-void rows_apply_range(const T* x, T* y, const T* res, bool relu, int64_t C, int64_t r0, int64_t r1, const S* mean,
-                      const S* scale, const S* bias, const S* pm, const S* ps, const S* pb) {
+void rows_apply(const T* x, T* y, const T* res, bool relu, const Geom& g, const S* mean, const S* scale,
+                const S* bias) {
   using L = Lanes<T>;
   using LS = Lanes<S>;
   using V = typename L::V;
   constexpr int N = L::N;
-  const bool has_res = res != nullptr;
-  const V zero(S(0));
-  for (int64_t r = r0; r < r1; ++r) {
-    const T* px = x + r * C;
-    T* py = y + r * C;
-    const T* pr = has_res ? res + r * C : nullptr;
-    int64_t c = 0;
-    for (; kRowsPaired<T> && c + 2 * N <= C; c += 2 * N) {
-      V x0, x1, q0 = zero, q1 = zero;
-      L::load2(px + c, x0, x1);
-      if (has_res) L::load2(pr + c, q0, q1);
-      const V v0 = bn_forward(x0, LS::load(pm + c), LS::load(ps + c), LS::load(pb + c));
-      const V v1 = bn_forward(x1, LS::load(pm + c + N), LS::load(ps + c + N), LS::load(pb + c + N));
-      L::store2(py + c, bn_finish(v0, q0, has_res, relu), bn_finish(v1, q1, has_res, relu));
-    }
-    for (; c + N <= C; c += N) {
-      const V v = bn_forward(L::load(px + c), LS::load(mean + c), LS::load(scale + c), LS::load(bias + c));
-      L::store(py + c, bn_finish(v, has_res ? L::load(pr + c) : zero, has_res, relu));
-    }
-    for (; c < C; ++c) {
-      const S v = bn_forward(static_cast<S>(px[c]), mean[c], scale[c], bias[c]);
-      py[c] = static_cast<T>(bn_finish(v, has_res ? static_cast<S>(pr[c]) : S(0), has_res, relu));
-    }
-  }
-}
-template <class T, class S>
-void rows_apply(const T* x, T* y, const T* res, bool relu, const Geom& g, const S* mean, const S* scale,
-                const S* bias) {
   const int64_t C = g.C, M = g.count();
+  const bool has_res = res != nullptr;
   const int64_t grain = std::max<int64_t>(1, 16384 / std::max<int64_t>(C, 1));
   const std::vector<S> pm = paired_coeffs<T>(mean, C), ps = paired_coeffs<T>(scale, C), pb = paired_coeffs<T>(bias, C);
   at::parallel_for(0, M, grain, [&](int64_t r0, int64_t r1) {
-    rows_apply_range(x, y, res, relu, C, r0, r1, mean, scale, bias, pm.data(), ps.data(), pb.data());
+    const V zero(S(0));
+    for (int64_t r = r0; r < r1; ++r) {
+      const T* px = x + r * C;
+      T* py = y + r * C;
+      const T* pr = has_res ? res + r * C : nullptr;
+      int64_t c = 0;
+      for (; kRowsPaired<T> && c + 2 * N <= C; c += 2 * N) {
+        V x0, x1, r0 = zero, r1 = zero;
+        L::load2(px + c, x0, x1);
+        if (has_res) L::load2(pr + c, r0, r1);
+        const V v0 = bn_forward(x0, LS::load(&pm[c]), LS::load(&ps[c]), LS::load(&pb[c]));
+        const V v1 = bn_forward(x1, LS::load(&pm[c + N]), LS::load(&ps[c + N]), LS::load(&pb[c + N]));
+        L::store2(py + c, bn_finish(v0, r0, has_res, relu), bn_finish(v1, r1, has_res, relu));
+      }
+      for (; c + N <= C; c += N) {
+        const V v = bn_forward(L::load(px + c), LS::load(mean + c), LS::load(scale + c), LS::load(bias + c));
+        L::store(py + c, bn_finish(v, has_res ? L::load(pr + c) : zero, has_res, relu));
+      }
+      for (; c < C; ++c) {
+        const S v = bn_forward(static_cast<S>(px[c]), mean[c], scale[c], bias[c]);
+        py[c] = static_cast<T>(bn_finish(v, has_res ? static_cast<S>(pr[c]) : S(0), has_res, relu));
+      }
+    }
   });
 }
 
@@ -791,60 +778,52 @@ void rows_reduce(const T* dy, const T* x, const T* out, const Geom& g, const S* 
   }
 }
 
-// grad_input (and the residual's grad) of rows [r0, r1); by-value parameters as
-// rows_apply_range. pm, pmd, pk, pa: the coefficients in load2's lane order.
 template <class T, class S>
-void rows_elemt_range(const T* dy, const T* x, const T* out, T* dx, T* dres, int64_t C, int64_t r0, int64_t r1,
-                      const S* mean, const S* mean_dy, const S* k, const S* a, const S* pm, const S* pmd,
-                      const S* pk, const S* pa) {
+void rows_elemt(const T* dy, const T* x, const T* out, T* dx, T* dres, const Geom& g, const S* mean,
+                const S* mean_dy, const S* k, const S* a) {
   using L = Lanes<T>;
   using LS = Lanes<S>;
   using V = typename L::V;
   constexpr int N = L::N;
-  for (int64_t r = r0; r < r1; ++r) {
-    const T* pd = dy + r * C;
-    const T* px = x + r * C;
-    const T* po = out ? out + r * C : nullptr;
-    T* pdx = dx ? dx + r * C : nullptr;
-    T* pdr = dres ? dres + r * C : nullptr;
-    int64_t c = 0;
-    for (; kRowsPaired<T> && c + 2 * N <= C; c += 2 * N) {
-      V d0, d1, x0, x1;
-      load2_dy(pd + c, po ? po + c : nullptr, d0, d1);
-      if (pdr) L::store2(pdr + c, d0, d1);
-      if (pdx) {
-        L::load2(px + c, x0, x1);
-        L::store2(pdx + c, bn_grad_input(d0, x0, LS::load(pm + c), LS::load(pmd + c), LS::load(pk + c), LS::load(pa + c)),
-                  bn_grad_input(d1, x1, LS::load(pm + c + N), LS::load(pmd + c + N), LS::load(pk + c + N),
-                                LS::load(pa + c + N)));
-      }
-    }
-    for (; c + N <= C; c += N) {
-      V d = L::load(pd + c);
-      if (po) d = bn_keep_if_pos(L::load(po + c), d);
-      if (pdr) L::store(pdr + c, d);
-      if (pdx)
-        L::store(pdx + c, bn_grad_input(d, L::load(px + c), LS::load(mean + c), LS::load(mean_dy + c), LS::load(k + c),
-                                        LS::load(a + c)));
-    }
-    for (; c < C; ++c) {
-      S d = static_cast<S>(pd[c]);
-      if (po) d = bn_keep_if_pos(static_cast<S>(po[c]), d);
-      if (pdr) pdr[c] = static_cast<T>(d);
-      if (pdx) pdx[c] = static_cast<T>(bn_grad_input(d, static_cast<S>(px[c]), mean[c], mean_dy[c], k[c], a[c]));
-    }
-  }
-}
-template <class T, class S>
-void rows_elemt(const T* dy, const T* x, const T* out, T* dx, T* dres, const Geom& g, const S* mean,
-                const S* mean_dy, const S* k, const S* a) {
   const int64_t C = g.C, M = g.count();
   const int64_t grain = std::max<int64_t>(1, 16384 / std::max<int64_t>(C, 1));
   const std::vector<S> pm = paired_coeffs<T>(mean, C), pmd = paired_coeffs<T>(mean_dy, C);
   const std::vector<S> pk = paired_coeffs<T>(k, C), pa = paired_coeffs<T>(a, C);
   at::parallel_for(0, M, grain, [&](int64_t r0, int64_t r1) {
-    rows_elemt_range(dy, x, out, dx, dres, C, r0, r1, mean, mean_dy, k, a, pm.data(), pmd.data(), pk.data(),
-                     pa.data());
+    for (int64_t r = r0; r < r1; ++r) {
+      const T* pd = dy + r * C;
+      const T* px = x + r * C;
+      const T* po = out ? out + r * C : nullptr;
+      T* pdx = dx ? dx + r * C : nullptr;
+      T* pdr = dres ? dres + r * C : nullptr;
+      int64_t c = 0;
+      for (; kRowsPaired<T> && c + 2 * N <= C; c += 2 * N) {
+        V d0, d1, x0, x1;
+        load2_dy(pd + c, po ? po + c : nullptr, d0, d1);
+        if (pdr) L::store2(pdr + c, d0, d1);
+        if (pdx) {
+          L::load2(px + c, x0, x1);
+          L::store2(pdx + c,
+                    bn_grad_input(d0, x0, LS::load(&pm[c]), LS::load(&pmd[c]), LS::load(&pk[c]), LS::load(&pa[c])),
+                    bn_grad_input(d1, x1, LS::load(&pm[c + N]), LS::load(&pmd[c + N]), LS::load(&pk[c + N]),
+                                  LS::load(&pa[c + N])));
+        }
+      }
+      for (; c + N <= C; c += N) {
+        V d = L::load(pd + c);
+        if (po) d = bn_keep_if_pos(L::load(po + c), d);
+        if (pdr) L::store(pdr + c, d);
+        if (pdx)
+          L::store(pdx + c, bn_grad_input(d, L::load(px + c), LS::load(mean + c), LS::load(mean_dy + c), LS::load(k + c),
+                                          LS::load(a + c)));
+      }
+      for (; c < C; ++c) {
+        S d = static_cast<S>(pd[c]);
+        if (po) d = bn_keep_if_pos(static_cast<S>(po[c]), d);
+        if (pdr) pdr[c] = static_cast<T>(d);
+        if (pdx) pdx[c] = static_cast<T>(bn_grad_input(d, static_cast<S>(px[c]), mean[c], mean_dy[c], k[c], a[c]));
+      }
+    }
   });
 }
 
