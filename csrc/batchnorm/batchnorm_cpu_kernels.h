@@ -461,6 +461,17 @@ void plane_elemt(const T* dy, const T* x, const T* out, T* dx, T* dres, const Ge
 template <class T>
 constexpr bool kRowsPaired = Lanes<T>::pair_lane(Lanes<T>::N) != Lanes<T>::N;
 
+// The row reductions (statistics, backward sums) walk a chunk of rows once per group of
+// up to kRowGroupMax vectors of channels, the group's sums in registers. A group that
+// spans the whole row walks memory in order, which the prefetchers follow; narrower
+// groups take a slice of every row, a row apart, at half the speed or less. A plain C++
+// walk over 12544 x 256 floats (the (64,256,14,14) benchmark case), 2 threads, against
+// a flat sum: 16-vector (whole-row) groups as fast (0.34-0.48 ms from DRAM, 0.08-0.11
+// from cache, flat 0.39-0.49 and 0.07-0.09); 4-vector groups 0.71-0.78 and 0.14-0.15;
+// row by row with the sums in L1 (rows_chunk_reduce_wide) 0.48-0.52 and 0.17-0.39.
+// 16 vectors use 32 registers for two sums, all that AVX-512 has.
+constexpr int kRowGroupMax = 16;
+
 // Row blocks: one per thread, in a fixed order, so merged results do not depend on
 // scheduling.
 inline int64_t row_blocks(int64_t M) {
@@ -469,55 +480,55 @@ inline int64_t row_blocks(int64_t M) {
 }
 
 // Statistics of K vectors of channels [c0, c0 + K*N) over rows [s, e) of one chunk, with
-// the accumulators in registers: chunk mean m (pivot-shifted sum), then the sums of
-// (x - m) and (x - m)^2. The chunk (a few KB) is in L1 for the second walk.
-// With shift (the block's per-channel means so far), the shift replaces the first walk,
-// as in add_run.
+// the sums in registers: chunk mean m (pivot-shifted sum), then the sums of (x - m) and
+// (x - m)^2. The chunk (a few KB) is in L1 or L2 for the second walk. With shift (the
+// block's per-channel means so far), the shift replaces the first walk, as in add_run.
+// The means are read from m (L1) rather than held, so that K = 16 keeps its 32 sums in
+// the 32 AVX-512 registers: a group as wide as the row walks memory in order (see
+// kRowGroupMax).
 template <int K, class T, class S>
 inline void rows_chunk_stats(const T* x, int64_t C, int64_t s, int64_t e, int64_t c0, const S* shift, S* m, S* dsum,
                              S* qsum) {
   using L = Lanes<T>;
+  using LS = Lanes<S>;
   using V = typename L::V;
   constexpr int N = L::N;
-  V mm[K], d[K], q[K];
+  S* pm = m + c0;
   if (shift) {
-#pragma GCC unroll 4
-    for (int j = 0; j < K; ++j) mm[j] = Lanes<S>::load(shift + c0 + j * N);
+    std::copy(shift + c0, shift + c0 + K * N, pm);
   } else {
-    V piv[K], a[K];
-#pragma GCC unroll 4
-    for (int j = 0; j < K; ++j) {
-      piv[j] = L::load(x + s * C + c0 + j * N);
-      a[j] = V(S(0));
-    }
-    for (int64_t r = s; r < e; ++r) {
+    const T* piv = x + s * C + c0;
+    V a[K];
+#pragma GCC unroll 16
+    for (int j = 0; j < K; ++j) a[j] = V(S(0));
+    for (int64_t r = s + 1; r < e; ++r) {
       const T* p = x + r * C + c0;
-#pragma GCC unroll 4
-      for (int j = 0; j < K; ++j) a[j] = a[j] + (L::load(p + j * N) - piv[j]);
+#pragma GCC unroll 16
+      for (int j = 0; j < K; ++j) a[j] = a[j] + (L::load(p + j * N) - L::load(piv + j * N));
     }
     const V inv_len(S(1) / static_cast<S>(e - s));
-#pragma GCC unroll 4
-    for (int j = 0; j < K; ++j) mm[j] = piv[j] + a[j] * inv_len;
+#pragma GCC unroll 16
+    for (int j = 0; j < K; ++j) LS::store(pm + j * N, L::load(piv + j * N) + a[j] * inv_len);
   }
-#pragma GCC unroll 4
+  V d[K], q[K];
+#pragma GCC unroll 16
   for (int j = 0; j < K; ++j) {
     d[j] = V(S(0));
     q[j] = V(S(0));
   }
   for (int64_t r = s; r < e; ++r) {
     const T* p = x + r * C + c0;
-#pragma GCC unroll 4
+#pragma GCC unroll 16
     for (int j = 0; j < K; ++j) {
-      const V t = L::load(p + j * N) - mm[j];
+      const V t = L::load(p + j * N) - LS::load(pm + j * N);
       d[j] = d[j] + t;
       q[j] = q[j] + t * t;
     }
   }
-#pragma GCC unroll 4
+#pragma GCC unroll 16
   for (int j = 0; j < K; ++j) {
-    Lanes<S>::store(m + c0 + j * N, mm[j]);
-    Lanes<S>::store(dsum + c0 + j * N, d[j]);
-    Lanes<S>::store(qsum + c0 + j * N, q[j]);
+    LS::store(dsum + c0 + j * N, d[j]);
+    LS::store(qsum + c0 + j * N, q[j]);
   }
 }
 
@@ -567,6 +578,8 @@ void rows_stats(const T* x, const Geom& g, const StatsOut& o) {
         auto take = [&](const S* around) {
           S *pm = m.data(), *pd = dsum.data(), *pq = qsum.data();
           int64_t c = 0;
+          for (; c + 16 * N <= C; c += 16 * N) rows_chunk_stats<16>(x, C, s, e, c, around, pm, pd, pq);
+          for (; c + 8 * N <= C; c += 8 * N) rows_chunk_stats<8>(x, C, s, e, c, around, pm, pd, pq);
           for (; c + 4 * N <= C; c += 4 * N) rows_chunk_stats<4>(x, C, s, e, c, around, pm, pd, pq);
           for (; c + 2 * N <= C; c += 2 * N) rows_chunk_stats<2>(x, C, s, e, c, around, pm, pd, pq);
           for (; c + N <= C; c += N) rows_chunk_stats<1>(x, C, s, e, c, around, pm, pd, pq);
@@ -657,44 +670,46 @@ void rows_apply(const T* x, T* y, const T* res, bool relu, const Geom& g, const 
   });
 }
 
-// Sums of dy' and dy' * (x - mean) of K vectors of channels over rows [s, e), in registers.
+// Sums of dy' and dy' * (x - mean) of K vectors of channels over rows [s, e), in registers
+// (mean read from L1, as in rows_chunk_stats).
 template <int K, class T, class S>
 inline void rows_chunk_reduce(const T* dy, const T* x, const T* out, int64_t C, int64_t s, int64_t e, int64_t c0,
                               const S* mean, S* sa, S* sb) {
   using L = Lanes<T>;
+  using LS = Lanes<S>;
   using V = typename L::V;
   constexpr int N = L::N;
-  V mm[K], a[K], b[K];
-#pragma GCC unroll 4
+  const S* pm = mean + c0;
+  V a[K], b[K];
+#pragma GCC unroll 16
   for (int j = 0; j < K; ++j) {
-    mm[j] = Lanes<S>::load(mean + c0 + j * N);
     a[j] = V(S(0));
     b[j] = V(S(0));
   }
   for (int64_t r = s; r < e; ++r) {
     const int64_t off = r * C + c0;
-#pragma GCC unroll 4
+#pragma GCC unroll 16
     for (int j = 0; j < K; ++j) {
       V d = L::load(dy + off + j * N);
       if (out) d = bn_keep_if_pos(L::load(out + off + j * N), d);
       a[j] = a[j] + d;
-      b[j] = b[j] + d * (L::load(x + off + j * N) - mm[j]);
+      b[j] = b[j] + d * (L::load(x + off + j * N) - LS::load(pm + j * N));
     }
   }
-#pragma GCC unroll 4
+#pragma GCC unroll 16
   for (int j = 0; j < K; ++j) {
-    Lanes<S>::store(sa + c0 + j * N, a[j]);
-    Lanes<S>::store(sb + c0 + j * N, b[j]);
+    LS::store(sa + c0 + j * N, a[j]);
+    LS::store(sb + c0 + j * N, b[j]);
   }
 }
 
 // The same sums over rows [s, e) for all C channels, walked row by row (one contiguous
-// run per tensor per row) into sa/sb, which stay in L1. For rows wider than one group of
-// rows_chunk_reduce (4 vectors), whose walk per group takes every row's slice of the
-// chunk again: (64,256,14,14) float32 channels_last forward + backward against torch's,
-// alternating processes, 0.94-0.96x -> 1.01-1.07x. For narrow rows the register form
-// stays ahead ((8,32,112,112): 1.15-1.24x against 1.02-1.06x this way); bf16 measured
-// level or behind this way (1.29-1.39x against 1.34-1.47x on (64,256,14,14)), so keeps it.
+// run per tensor per row) into sa/sb, which stay in L1: for float and double rows wider
+// than the widest register group (kRowGroupMax vectors), whose walks would each take a
+// slice of every row. It had served rows over 4 vectors, when groups were at most 4:
+// (64,256,14,14) float32 channels_last forward + backward against torch's, 0.94-0.96x ->
+// 1.01-1.07x then; the whole-row group of 16 vectors took it to 1.09-1.14x (three
+// alternating pairs, against 0.96-1.02x).
 template <class T, class S>
 void rows_chunk_reduce_wide(const T* dy, const T* x, const T* out, int64_t C, int64_t s, int64_t e, const S* mean,
                             S* sa, S* sb) {
@@ -742,10 +757,12 @@ void rows_reduce(const T* dy, const T* x, const T* out, const Geom& g, const S* 
       for (int64_t s = r0; s < r1; s += R) {
         const int64_t e = std::min(r1, s + R);
         int64_t c = 0;
-        if (!kRowsPaired<T> && C > 4 * N) {
+        if (!kRowsPaired<T> && C > kRowGroupMax * N) {
           rows_chunk_reduce_wide(dy, x, out, C, s, e, mean, a.data(), b.data());
           c = C;
         }
+        for (; c + 16 * N <= C; c += 16 * N) rows_chunk_reduce<16>(dy, x, out, C, s, e, c, mean, a.data(), b.data());
+        for (; c + 8 * N <= C; c += 8 * N) rows_chunk_reduce<8>(dy, x, out, C, s, e, c, mean, a.data(), b.data());
         for (; c + 4 * N <= C; c += 4 * N) rows_chunk_reduce<4>(dy, x, out, C, s, e, c, mean, a.data(), b.data());
         for (; c + 2 * N <= C; c += 2 * N) rows_chunk_reduce<2>(dy, x, out, C, s, e, c, mean, a.data(), b.data());
         for (; c + N <= C; c += N) rows_chunk_reduce<1>(dy, x, out, C, s, e, c, mean, a.data(), b.data());

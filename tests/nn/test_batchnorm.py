@@ -141,13 +141,14 @@ def test_parity_dtypes(simd_all, kind, shape, channels_last, dtype):
     _run_parity(kind, shape, channels_last, dtype, CONFIGS[0])
 
 
-@pytest.mark.parametrize("channels", [125, 61])
+@pytest.mark.parametrize("channels", [300, 125, 61])
 @pytest.mark.parametrize("channels_last", [False, True])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.bfloat16])
 def test_parity_many_channels(simd_all, channels, channels_last, dtype):
-    # Rows of 125 or 61 channels, at 8 lanes (AVX2) and at 16 (AVX-512): the backward
-    # sums walk rows wider than 4 vectors row by row (float, double) and narrower ones,
-    # and all bf16 rows, in 4-, 2- and 1-vector column groups; both end in a scalar tail.
+    # Rows of 300, 125 or 61 channels, at 8 lanes (AVX2) and at 16 (AVX-512): the row
+    # reductions take 16-, 8-, 4-, 2- and 1-vector column groups, the backward sums of
+    # float and double rows wider than 16 vectors walk row by row; all end in a scalar
+    # tail.
     _run_parity(2, (3, channels, 5, 7), channels_last, dtype, CONFIGS[0])
 
 
@@ -190,9 +191,10 @@ def test_half_module_weights_in_input_dtype():
 
 
 @pytest.mark.parametrize("channels_last", [False, True])
-def test_large_mean_is_stable(simd_all, channels_last):
+@pytest.mark.parametrize("channels", [4, 300])  # 300: channels_last rows of 16-vector groups and a tail
+def test_large_mean_is_stable(simd_all, channels_last, channels):
     torch.manual_seed(1)
-    x = _layout(1e4 + torch.randn(8, 4, 33, 31, dtype=torch.float64), channels_last)
+    x = _layout(1e4 + torch.randn(8, channels, 33, 31, dtype=torch.float64), channels_last)
     xf = x.float()
     out, mean, var = ops.batch_norm_train(xf, None, None, None, False, 1e-5)
     x64 = xf.double()
@@ -208,13 +210,13 @@ def test_large_mean_is_stable(simd_all, channels_last):
 
 
 @pytest.mark.parametrize("channels_last", [False, True])
-@pytest.mark.parametrize("shape", [(6, 3, 50, 45), (300, 3, 3, 4), (24, 64, 10, 10)],
-                         ids=["large-planes", "small-planes", "many-channels"])
+@pytest.mark.parametrize("shape", [(6, 3, 50, 45), (300, 3, 3, 4), (24, 64, 10, 10), (24, 300, 10, 10)],
+                         ids=["large-planes", "small-planes", "many-channels", "wide-rows"])
 def test_stats_with_shifting_means(simd_all, channels_last, shape):
     # Samples with very different means and little spread inside each: later chunks are
     # shifted by the mean of earlier ones, so the between-chunk part must merge exactly.
     # Small planes: several samples share a chunk. Many channels: channels_last chunks of
-    # 256 rows, then longer shifted ones.
+    # 256 rows, then longer shifted ones; wide rows: 16-vector column groups.
     torch.manual_seed(13)
     offsets = torch.tensor([0.0, 300.0, -50.0, 1e3, 7.0, 2e3]).repeat(shape[0] // 6).reshape(-1, 1, 1, 1)
     x = _layout((offsets + 1e-2 * torch.randn(shape)).float(), channels_last)
