@@ -468,7 +468,7 @@ constexpr bool kRowsPaired = Lanes<T>::pair_lane(Lanes<T>::N) != Lanes<T>::N;
 // walk over 12544 x 256 floats (the (64,256,14,14) benchmark case), 2 threads, against
 // a flat sum: 16-vector (whole-row) groups as fast (0.34-0.48 ms from DRAM, 0.08-0.11
 // from cache, flat 0.39-0.49 and 0.07-0.09); 4-vector groups 0.71-0.78 and 0.14-0.15;
-// row by row with the sums in L1 (rows_chunk_reduce_wide) 0.48-0.52 and 0.17-0.39.
+// row by row with the sums in L1 (rows_chunk_reduce_wide) 0.47-0.52 and 0.17-0.39.
 // 16 vectors use 32 registers for two sums, all that AVX-512 has.
 constexpr int kRowGroupMax = 16;
 
