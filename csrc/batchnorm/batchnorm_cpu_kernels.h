@@ -472,6 +472,19 @@ constexpr bool kRowsPaired = Lanes<T>::pair_lane(Lanes<T>::N) != Lanes<T>::N;
 // 16 vectors use 32 registers for two sums, all that AVX-512 has.
 constexpr int kRowGroupMax = 16;
 
+// Calls f(std::integral_constant<int, K>{}, c0) for the column groups of a row of C
+// channels from channel c on: groups of K = kRowGroupMax, 8, 4, 2 and 1 vectors of N
+// lanes, widest first. Returns the first channel past the last full vector.
+template <int N, int K = kRowGroupMax, class F>
+int64_t for_row_groups(int64_t c, int64_t C, const F& f) {
+  for (; c + K * N <= C; c += K * N) f(std::integral_constant<int, K>{}, c);
+  if constexpr (K > 1) {
+    return for_row_groups<N, K / 2>(c, C, f);
+  } else {
+    return c;
+  }
+}
+
 // Row blocks: one per thread, in a fixed order, so merged results do not depend on
 // scheduling.
 inline int64_t row_blocks(int64_t M) {
@@ -577,12 +590,9 @@ void rows_stats(const T* x, const Geom& g, const StatsOut& o) {
         // around the chunk's own means).
         auto take = [&](const S* around) {
           S *pm = m.data(), *pd = dsum.data(), *pq = qsum.data();
-          int64_t c = 0;
-          for (; c + 16 * N <= C; c += 16 * N) rows_chunk_stats<16>(x, C, s, e, c, around, pm, pd, pq);
-          for (; c + 8 * N <= C; c += 8 * N) rows_chunk_stats<8>(x, C, s, e, c, around, pm, pd, pq);
-          for (; c + 4 * N <= C; c += 4 * N) rows_chunk_stats<4>(x, C, s, e, c, around, pm, pd, pq);
-          for (; c + 2 * N <= C; c += 2 * N) rows_chunk_stats<2>(x, C, s, e, c, around, pm, pd, pq);
-          for (; c + N <= C; c += N) rows_chunk_stats<1>(x, C, s, e, c, around, pm, pd, pq);
+          int64_t c = for_row_groups<N>(0, C, [&](auto k, int64_t c0) {
+            rows_chunk_stats<decltype(k)::value>(x, C, s, e, c0, around, pm, pd, pq);
+          });
           for (; c < C; ++c) rows_channel_stats(x, C, s, e, c, around, pm, pd, pq);
         };
         take(sh);
@@ -756,16 +766,14 @@ void rows_reduce(const T* dy, const T* x, const T* out, const Geom& g, const S* 
       double* wx = &bsx[blk * C];
       for (int64_t s = r0; s < r1; s += R) {
         const int64_t e = std::min(r1, s + R);
-        int64_t c = 0;
+        int64_t c = C;
         if (!kRowsPaired<T> && C > kRowGroupMax * N) {
           rows_chunk_reduce_wide(dy, x, out, C, s, e, mean, a.data(), b.data());
-          c = C;
+        } else {
+          c = for_row_groups<N>(0, C, [&](auto k, int64_t c0) {
+            rows_chunk_reduce<decltype(k)::value>(dy, x, out, C, s, e, c0, mean, a.data(), b.data());
+          });
         }
-        for (; c + 16 * N <= C; c += 16 * N) rows_chunk_reduce<16>(dy, x, out, C, s, e, c, mean, a.data(), b.data());
-        for (; c + 8 * N <= C; c += 8 * N) rows_chunk_reduce<8>(dy, x, out, C, s, e, c, mean, a.data(), b.data());
-        for (; c + 4 * N <= C; c += 4 * N) rows_chunk_reduce<4>(dy, x, out, C, s, e, c, mean, a.data(), b.data());
-        for (; c + 2 * N <= C; c += 2 * N) rows_chunk_reduce<2>(dy, x, out, C, s, e, c, mean, a.data(), b.data());
-        for (; c + N <= C; c += N) rows_chunk_reduce<1>(dy, x, out, C, s, e, c, mean, a.data(), b.data());
         for (; c < C; ++c) {
           S ta = 0, tb = 0;
           for (int64_t r = s; r < e; ++r) {
