@@ -228,6 +228,22 @@ def test_stats_with_shifting_means(simd_all, channels_last, shape):
     torch.testing.assert_close(v2.double(), x64.var((0, 2, 3), unbiased=False), rtol=1e-5, atol=0)
 
 
+@pytest.mark.parametrize("shape", [(16384, 2, 1, 2), (2720, 2, 3, 4)])
+def test_stats_when_a_block_starts_far_from_its_mean(simd_all, shape):
+    # NCHW planes shorter than a statistics chunk are summed many images at a time around
+    # the mean of the first image's plane. Here the first image of every block of images
+    # sits 1e4 away from the rest: without the far-shift guard (a second walk around the
+    # group's own mean) the float sums cancel and the variance is off by about 1e-4.
+    torch.manual_seed(14)
+    offsets = torch.zeros(shape[0])
+    offsets[:: shape[0] // 16] = 1e4  # 16 blocks of images
+    x = (offsets.reshape(-1, 1, 1, 1) + torch.randn(shape)).float()
+    _, mean, var = ops.batch_norm_train(x, None, None, None, False, 1e-5)
+    x64 = x.double()
+    torch.testing.assert_close(mean.double(), x64.mean((0, 2, 3)), rtol=1e-6, atol=1e-5)
+    torch.testing.assert_close(var.double(), x64.var((0, 2, 3), unbiased=False), rtol=1e-5, atol=0)
+
+
 def _f64(*shape):
     return torch.randn(*shape, dtype=torch.float64, requires_grad=True)
 
