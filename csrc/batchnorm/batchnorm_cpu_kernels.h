@@ -6,9 +6,9 @@
 //
 // Memory walks, two passes each (statistics or sums, then the element pass):
 //  - planes (NCHW): threads over planes in memory order (the reductions over planes
-//    shorter than kPlaneChunk: a channel's planes in several images at a time); the
-//    reductions are taken per block of images (a fixed split, so results do not depend on the thread count) and
-//    merged in block order.
+//    shorter than kPlaneChunk: a channel's planes in several images at a time,
+//    for_plane_runs); the reductions are taken per block of images (a fixed split, so
+//    results do not depend on the thread count) and merged in block order.
 //  - rows (channels_last): threads over blocks of rows with C-wide accumulators per
 //    block, merged in block order (deterministic for a given thread count).
 // Statistics are taken per chunk (a piece of a plane, or a few rows) in two passes
@@ -155,11 +155,12 @@ ShiftedSums shifted_sums(const T* p, int64_t len, MathOf<T> m, int64_t count = 1
   const V vm(m);
   const V tail = last_lanes_mask<T>(len % N);
   V d0(S(0)), d1(S(0)), q0(S(0)), q1(S(0));
-  for (int64_t r = 0; r < count; ++r, p += stride) {
+  for (int64_t r = 0; r < count; ++r) {
+    const T* pr = p + r * stride;  // no pointer past the last run
     int64_t i = 0;
     for (; i + 2 * N <= len; i += 2 * N) {
       V e0, e1;
-      L::load2(p + i, e0, e1);
+      L::load2(pr + i, e0, e1);
       e0 = e0 - vm;
       e1 = e1 - vm;
       d0 = d0 + e0;
@@ -168,13 +169,13 @@ ShiftedSums shifted_sums(const T* p, int64_t len, MathOf<T> m, int64_t count = 1
       q1 = q1 + e1 * e1;
     }
     for (; i + N <= len; i += N) {
-      const V e0 = L::load(p + i) - vm;
+      const V e0 = L::load(pr + i) - vm;
       d0 = d0 + e0;
       q0 = q0 + e0 * e0;
     }
     if (i < len) {
-      const V e1 = len >= N ? bn_keep_if_pos(tail, L::load(p + len - N) - vm)
-                            : first_lanes<T>(load_part(p + i, len - i) - vm, len - i);
+      const V e1 = len >= N ? bn_keep_if_pos(tail, L::load(pr + len - N) - vm)
+                            : first_lanes<T>(load_part(pr + i, len - i) - vm, len - i);
       d1 = d1 + e1;
       q1 = q1 + e1 * e1;
     }
@@ -244,6 +245,26 @@ void for_plane_tiles(const Geom& g, const F& f) {
   });
 }
 
+// Calls f(n, c, count) for runs of `count` planes of channel c from image n on, a channel
+// stride apart, covering images [n0, n1) by channels [c0, c1) of a tile: single planes in
+// memory order, except that planes shorter than kPlaneChunk (14x14) go a channel at a
+// time, up to a chunk's worth of images per run (one stream per image, each still in
+// order), so that a reduction's horizontal sums and far-shift test come once per run
+// rather than once per plane. Sixteenth session, (64,256,14,14), 2 threads, statistics op
+// from cache: bf16 0.26-0.28 -> 0.17-0.20 ms, float 0.31-0.34 -> 0.20-0.27 ms; from DRAM,
+// and in the module's forward + backward against torch, within the noise (README).
+template <class F>
+void for_plane_runs(const Geom& g, int64_t n0, int64_t n1, int64_t c0, int64_t c1, const F& f) {
+  const int64_t images = kPlaneChunk / std::max<int64_t>(g.inner, 1);
+  if (images > 1) {
+    for (int64_t c = c0; c < c1; ++c)
+      for (int64_t n = n0; n < n1; n += images) f(n, c, std::min(images, n1 - n));
+    return;
+  }
+  for (int64_t n = n0; n < n1; ++n)
+    for (int64_t c = c0; c < c1; ++c) f(n, c, int64_t{1});
+}
+
 // Calls f(n, c) for every plane, threads over planes in memory order.
 template <class F>
 void for_planes(const Geom& g, const F& f) {
@@ -267,26 +288,12 @@ void plane_stats(const T* x, const Geom& g, const StatsOut& o) {
   using S = MathOf<T>;
   const int64_t C = g.C, NB = image_blocks(g);
   std::vector<PlaneAcc<S>> part(NB * C);
-  // Planes shorter than a chunk (14x14) are the exception to memory order: a channel's
-  // planes in up to a chunk's worth of the block's images make one run (one stream per
-  // image, each still in order), so that the horizontal sums and the far-shift test (the
-  // precision guard, in add_run) come once per run rather than once per plane. Sixteenth
-  // session, (64,256,14,14), 2 threads, statistics op from cache: bf16 0.26-0.28 ->
-  // 0.17-0.20 ms, float 0.31-0.34 -> 0.20-0.27 ms; from DRAM, and in the module's
-  // forward + backward against torch, within the noise (the README has the pairs).
-  const int64_t images = std::max<int64_t>(1, kPlaneChunk / std::max<int64_t>(g.inner, 1));
   for_plane_tiles(g, [&](int64_t b, int64_t n0, int64_t n1, int64_t c0, int64_t c1) {
     PlaneAcc<S>* acc = &part[b * C];
-    if (images > 1) {
-      for (int64_t c = c0; c < c1; ++c)
-        for (int64_t n = n0; n < n1; n += images)
-          add_run(acc[c], x + (n * C + c) * g.inner, g.inner, std::min(images, n1 - n), C * g.inner);
-      return;
-    }
-    for (int64_t n = n0; n < n1; ++n)
-      for (int64_t c = c0; c < c1; ++c)
-        for (int64_t s = 0; s < g.inner; s += kPlaneChunk)
-          add_run(acc[c], x + (n * C + c) * g.inner + s, std::min(kPlaneChunk, g.inner - s));
+    for_plane_runs(g, n0, n1, c0, c1, [&](int64_t n, int64_t c, int64_t count) {
+      for (int64_t s = 0; s < g.inner; s += kPlaneChunk)  // count > 1: one chunk per plane
+        add_run(acc[c], x + (n * C + c) * g.inner + s, std::min(kPlaneChunk, g.inner - s), count, C * g.inner);
+    });
   });
   for (int64_t c = 0; c < C; ++c) {
     Welford w;
@@ -347,12 +354,12 @@ inline void load2_dy(const T* dy, const T* out, typename Lanes<T>::V& d0, typena
 }
 
 // Adds the sums of dy' and dy' * (x - mean) over plane (n, c), and over the same
-// channel's planes in the images - 1 images after n, to sum_dy and sum_dy_xmu: float
-// lanes, flushed into double every kPlaneChunk elements of a plane. images > 1 only for
-// planes shorter than that, whose lanes gather over all the images (see plane_stats).
+// channel's planes in the count - 1 images after n, to sum_dy and sum_dy_xmu: float
+// lanes, flushed into double every kPlaneChunk elements of a plane. count > 1 only for
+// planes shorter than that, whose lanes gather over all count planes (for_plane_runs).
 template <class T, class S>
 void plane_reduce(const T* dy, const T* x, const T* out, const Geom& g, int64_t n, int64_t c, S mean, double& sum_dy,
-                  double& sum_dy_xmu, int64_t images = 1) {
+                  double& sum_dy_xmu, int64_t count = 1) {
   using L = Lanes<T>;
   using V = typename L::V;
   constexpr int N = L::N;
@@ -363,7 +370,7 @@ void plane_reduce(const T* dy, const T* x, const T* out, const Geom& g, int64_t 
     e = std::min(g.inner, s + kPlaneChunk);
     const V tail = last_lanes_mask<T>((e - s) % N);
     V a(S(0)), b(S(0));
-    for (int64_t r = 0; r < images; ++r) {
+    for (int64_t r = 0; r < count; ++r) {
       const T* pd = dy + off + r * stride;
       const T* px = x + off + r * stride;
       const T* po = out ? out + off + r * stride : nullptr;
@@ -411,25 +418,19 @@ void plane_reduce(const T* dy, const T* x, const T* out, const Geom& g, int64_t 
   sum_dy_xmu += tb;
 }
 
-// Per-channel sums of dy' and dy' * (x - mean), per image block as plane_stats (and,
-// as there, a channel at a time over several images for planes shorter than a chunk).
+// Per-channel sums of dy' and dy' * (x - mean), per image block and in runs of planes as
+// plane_stats.
 template <class T, class S>
 void planes_reduce(const T* dy, const T* x, const T* out, const Geom& g, const S* mean, double* sum_dy,
                    double* sum_dy_xmu) {
   const int64_t C = g.C, NB = image_blocks(g);
-  const int64_t images = std::max<int64_t>(1, kPlaneChunk / std::max<int64_t>(g.inner, 1));
   std::vector<double> part(NB * C * 2, 0.0);
   for_plane_tiles(g, [&](int64_t b, int64_t n0, int64_t n1, int64_t c0, int64_t c1) {
     double* sd = &part[2 * b * C];
     double* sx = sd + C;
-    if (images > 1) {
-      for (int64_t c = c0; c < c1; ++c)
-        for (int64_t n = n0; n < n1; n += images)
-          plane_reduce(dy, x, out, g, n, c, mean[c], sd[c], sx[c], std::min(images, n1 - n));
-      return;
-    }
-    for (int64_t n = n0; n < n1; ++n)
-      for (int64_t c = c0; c < c1; ++c) plane_reduce(dy, x, out, g, n, c, mean[c], sd[c], sx[c]);
+    for_plane_runs(g, n0, n1, c0, c1, [&](int64_t n, int64_t c, int64_t count) {
+      plane_reduce(dy, x, out, g, n, c, mean[c], sd[c], sx[c], count);
+    });
   });
   for (int64_t c = 0; c < C; ++c) {
     double a = 0.0, b = 0.0;
