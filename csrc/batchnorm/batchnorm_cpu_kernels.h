@@ -677,53 +677,46 @@ std::vector<S> paired_coeffs(const S* src, int64_t C) {
   return out;
 }
 
-// Rows [r0, r1) of rows_apply. The row kernels take their arguments by value: read
-// through a lambda's by-reference captures, the pointers and flags were reloaded after
-// every vector store (a vector store may alias anything), and those reloads were the hot
-// instructions of the loop in a profile. bf16 (64,256,14,14) channels_last, 2 threads,
-// normalisation from cache: 0.22-0.32 -> 0.20-0.21 ms (three pairs of processes); module
-// forward against torch's, four pairs: 1.30-1.67x -> 1.56-1.80x.
+// The row loops of rows_apply and rows_elemt read their pointers and flags through the
+// lambda's captures, which the compiler reloads after every vector store. Taking them as
+// function arguments instead made the loops faster from cache but float32 slower from
+// memory: channels_last (64,256,14,14), module forward against torch's, five pairs of
+// processes, 1.21-1.38x -> 1.02-1.22x (seventeenth session, README).
 template <class T, class S>
-void apply_rows(const T* x, T* y, const T* res, bool relu, int64_t C, int64_t r0, int64_t r1, const S* mean,
-                const S* scale, const S* bias, const S* pm, const S* ps, const S* pb) {
+void rows_apply(const T* x, T* y, const T* res, bool relu, const Geom& g, const S* mean, const S* scale,
+                const S* bias) {
   using L = Lanes<T>;
   using LS = Lanes<S>;
   using V = typename L::V;
   constexpr int N = L::N;
-  const bool has_res = res != nullptr;
-  const V zero(S(0));
-  for (int64_t r = r0; r < r1; ++r) {
-    const T* px = x + r * C;
-    T* py = y + r * C;
-    const T* pr = has_res ? res + r * C : nullptr;
-    int64_t c = 0;
-    for (; kRowsPaired<T> && c + 2 * N <= C; c += 2 * N) {
-      V x0, x1, q0 = zero, q1 = zero;
-      L::load2(px + c, x0, x1);
-      if (has_res) L::load2(pr + c, q0, q1);
-      const V v0 = bn_forward(x0, LS::load(pm + c), LS::load(ps + c), LS::load(pb + c));
-      const V v1 = bn_forward(x1, LS::load(pm + c + N), LS::load(ps + c + N), LS::load(pb + c + N));
-      L::store2(py + c, bn_finish(v0, q0, has_res, relu), bn_finish(v1, q1, has_res, relu));
-    }
-    for (; c + N <= C; c += N) {
-      const V v = bn_forward(L::load(px + c), LS::load(mean + c), LS::load(scale + c), LS::load(bias + c));
-      L::store(py + c, bn_finish(v, has_res ? L::load(pr + c) : zero, has_res, relu));
-    }
-    for (; c < C; ++c) {
-      const S v = bn_forward(static_cast<S>(px[c]), mean[c], scale[c], bias[c]);
-      py[c] = static_cast<T>(bn_finish(v, has_res ? static_cast<S>(pr[c]) : S(0), has_res, relu));
-    }
-  }
-}
-
-template <class T, class S>
-void rows_apply(const T* x, T* y, const T* res, bool relu, const Geom& g, const S* mean, const S* scale,
-                const S* bias) {
   const int64_t C = g.C, M = g.count();
+  const bool has_res = res != nullptr;
   const int64_t grain = std::max<int64_t>(1, 16384 / std::max<int64_t>(C, 1));
   const std::vector<S> pm = paired_coeffs<T>(mean, C), ps = paired_coeffs<T>(scale, C), pb = paired_coeffs<T>(bias, C);
   at::parallel_for(0, M, grain, [&](int64_t r0, int64_t r1) {
-    apply_rows(x, y, res, relu, C, r0, r1, mean, scale, bias, pm.data(), ps.data(), pb.data());
+    const V zero(S(0));
+    for (int64_t r = r0; r < r1; ++r) {
+      const T* px = x + r * C;
+      T* py = y + r * C;
+      const T* pr = has_res ? res + r * C : nullptr;
+      int64_t c = 0;
+      for (; kRowsPaired<T> && c + 2 * N <= C; c += 2 * N) {
+        V x0, x1, r0 = zero, r1 = zero;
+        L::load2(px + c, x0, x1);
+        if (has_res) L::load2(pr + c, r0, r1);
+        const V v0 = bn_forward(x0, LS::load(&pm[c]), LS::load(&ps[c]), LS::load(&pb[c]));
+        const V v1 = bn_forward(x1, LS::load(&pm[c + N]), LS::load(&ps[c + N]), LS::load(&pb[c + N]));
+        L::store2(py + c, bn_finish(v0, r0, has_res, relu), bn_finish(v1, r1, has_res, relu));
+      }
+      for (; c + N <= C; c += N) {
+        const V v = bn_forward(L::load(px + c), LS::load(mean + c), LS::load(scale + c), LS::load(bias + c));
+        L::store(py + c, bn_finish(v, has_res ? L::load(pr + c) : zero, has_res, relu));
+      }
+      for (; c < C; ++c) {
+        const S v = bn_forward(static_cast<S>(px[c]), mean[c], scale[c], bias[c]);
+        py[c] = static_cast<T>(bn_finish(v, has_res ? static_cast<S>(pr[c]) : S(0), has_res, relu));
+      }
+    }
   });
 }
 
@@ -850,59 +843,52 @@ void rows_reduce(const T* dy, const T* x, const T* out, const Geom& g, const S* 
   }
 }
 
-// Rows [r0, r1) of rows_elemt (arguments by value, as apply_rows says).
 template <class T, class S>
-void elemt_rows(const T* dy, const T* x, const T* out, T* dx, T* dres, int64_t C, int64_t r0, int64_t r1,
-                const S* mean, const S* mean_dy, const S* k, const S* a, const S* pm, const S* pmd, const S* pk,
-                const S* pa) {
+void rows_elemt(const T* dy, const T* x, const T* out, T* dx, T* dres, const Geom& g, const S* mean,
+                const S* mean_dy, const S* k, const S* a) {
   using L = Lanes<T>;
   using LS = Lanes<S>;
   using V = typename L::V;
   constexpr int N = L::N;
-  for (int64_t r = r0; r < r1; ++r) {
-    const T* pd = dy + r * C;
-    const T* px = x + r * C;
-    const T* po = out ? out + r * C : nullptr;
-    T* pdx = dx ? dx + r * C : nullptr;
-    T* pdr = dres ? dres + r * C : nullptr;
-    int64_t c = 0;
-    for (; kRowsPaired<T> && c + 2 * N <= C; c += 2 * N) {
-      V d0, d1, x0, x1;
-      load2_dy(pd + c, po ? po + c : nullptr, d0, d1);
-      if (pdr) L::store2(pdr + c, d0, d1);
-      if (pdx) {
-        L::load2(px + c, x0, x1);
-        L::store2(pdx + c, bn_grad_input(d0, x0, LS::load(pm + c), LS::load(pmd + c), LS::load(pk + c), LS::load(pa + c)),
-                  bn_grad_input(d1, x1, LS::load(pm + c + N), LS::load(pmd + c + N), LS::load(pk + c + N),
-                                LS::load(pa + c + N)));
-      }
-    }
-    for (; c + N <= C; c += N) {
-      V d = L::load(pd + c);
-      if (po) d = bn_keep_if_pos(L::load(po + c), d);
-      if (pdr) L::store(pdr + c, d);
-      if (pdx)
-        L::store(pdx + c, bn_grad_input(d, L::load(px + c), LS::load(mean + c), LS::load(mean_dy + c), LS::load(k + c),
-                                        LS::load(a + c)));
-    }
-    for (; c < C; ++c) {
-      S d = static_cast<S>(pd[c]);
-      if (po) d = bn_keep_if_pos(static_cast<S>(po[c]), d);
-      if (pdr) pdr[c] = static_cast<T>(d);
-      if (pdx) pdx[c] = static_cast<T>(bn_grad_input(d, static_cast<S>(px[c]), mean[c], mean_dy[c], k[c], a[c]));
-    }
-  }
-}
-
-template <class T, class S>
-void rows_elemt(const T* dy, const T* x, const T* out, T* dx, T* dres, const Geom& g, const S* mean,
-                const S* mean_dy, const S* k, const S* a) {
   const int64_t C = g.C, M = g.count();
   const int64_t grain = std::max<int64_t>(1, 16384 / std::max<int64_t>(C, 1));
   const std::vector<S> pm = paired_coeffs<T>(mean, C), pmd = paired_coeffs<T>(mean_dy, C);
   const std::vector<S> pk = paired_coeffs<T>(k, C), pa = paired_coeffs<T>(a, C);
   at::parallel_for(0, M, grain, [&](int64_t r0, int64_t r1) {
-    elemt_rows(dy, x, out, dx, dres, C, r0, r1, mean, mean_dy, k, a, pm.data(), pmd.data(), pk.data(), pa.data());
+    for (int64_t r = r0; r < r1; ++r) {
+      const T* pd = dy + r * C;
+      const T* px = x + r * C;
+      const T* po = out ? out + r * C : nullptr;
+      T* pdx = dx ? dx + r * C : nullptr;
+      T* pdr = dres ? dres + r * C : nullptr;
+      int64_t c = 0;
+      for (; kRowsPaired<T> && c + 2 * N <= C; c += 2 * N) {
+        V d0, d1, x0, x1;
+        load2_dy(pd + c, po ? po + c : nullptr, d0, d1);
+        if (pdr) L::store2(pdr + c, d0, d1);
+        if (pdx) {
+          L::load2(px + c, x0, x1);
+          L::store2(pdx + c,
+                    bn_grad_input(d0, x0, LS::load(&pm[c]), LS::load(&pmd[c]), LS::load(&pk[c]), LS::load(&pa[c])),
+                    bn_grad_input(d1, x1, LS::load(&pm[c + N]), LS::load(&pmd[c + N]), LS::load(&pk[c + N]),
+                                  LS::load(&pa[c + N])));
+        }
+      }
+      for (; c + N <= C; c += N) {
+        V d = L::load(pd + c);
+        if (po) d = bn_keep_if_pos(L::load(po + c), d);
+        if (pdr) L::store(pdr + c, d);
+        if (pdx)
+          L::store(pdx + c, bn_grad_input(d, L::load(px + c), LS::load(mean + c), LS::load(mean_dy + c), LS::load(k + c),
+                                          LS::load(a + c)));
+      }
+      for (; c < C; ++c) {
+        S d = static_cast<S>(pd[c]);
+        if (po) d = bn_keep_if_pos(static_cast<S>(po[c]), d);
+        if (pdr) pdr[c] = static_cast<T>(d);
+        if (pdx) pdx[c] = static_cast<T>(bn_grad_input(d, static_cast<S>(px[c]), mean[c], mean_dy[c], k[c], a[c]));
+      }
+    }
   });
 }
 
