@@ -678,10 +678,11 @@ std::vector<S> paired_coeffs(const S* src, int64_t C) {
 }
 
 // The row loops of rows_apply and rows_elemt read their pointers and flags through the
-// lambda's captures, which the compiler reloads after every vector store. Taking them as
-// function arguments instead made the loops faster from cache but float32 slower from
-// memory: channels_last (64,256,14,14), module forward against torch's, five pairs of
-// processes, 1.21-1.38x -> 1.02-1.22x (seventeenth session, README).
+// lambda's captures, which the compiler reloads after every vector store. Without those
+// reloads (by-value arguments or local copies: tried in the fourteenth, fifteenth and
+// seventeenth sessions) the loops ran faster from cache but float32 slower from memory,
+// e.g. channels_last (64,256,14,14), module forward against torch's, five pairs of
+// processes, 1.21-1.38x -> 1.02-1.22x (README, Benchmarks).
 template <class T, class S>
 void rows_apply(const T* x, T* y, const T* res, bool relu, const Geom& g, const S* mean, const S* scale,
                 const S* bias) {
