@@ -65,9 +65,13 @@ TARGETS = {"BatchNorm2d": {"nchw": 2.0, "channels_last": 1.2}, "depthwise 3x3": 
 LEAST = {"BatchNorm2d": 10 / 7, "depthwise 3x3": 1.0}
 
 
+def _same_bytes(*tensors):
+    """bfloat16 tensors as int16: the same bytes, without the conversions (docstring)."""
+    return [t.view(torch.int16) if t.dtype == torch.bfloat16 else t for t in tensors]
+
+
 def _streaming_fn(x, y, dy, dx):
-    if x.dtype == torch.bfloat16:  # the same bytes, without the conversions (docstring)
-        x, y, dy, dx = (t.view(torch.int16) for t in (x, y, dy, dx))
+    x, y, dy, dx = _same_bytes(x, y, dy, dx)
     if y.shape == x.shape:
         def streaming():
             torch.mul(x, 1, out=y)
@@ -82,8 +86,7 @@ def _streaming_fn(x, y, dy, dx):
 
 
 def _two_pass_fn(x, y, dy, dx):
-    if x.dtype == torch.bfloat16:
-        x, y, dy, dx = (t.view(torch.int16) for t in (x, y, dy, dx))
+    x, y, dy, dx = _same_bytes(x, y, dy, dx)
 
     def two_pass():
         x.amax()
